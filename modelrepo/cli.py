@@ -1,0 +1,264 @@
+"""The ``modelrepo`` command: the SDK's verbs for shells and scripts.
+
+Exit codes: 0 success, 1 the operation failed (Triton refused, a transfer failed...),
+2 bad usage or bad input (the message says what to fix), 130 interrupted.
+``--json`` prints a machine-readable result on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from modelrepo.errors import LayoutError, ModelRepoError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _repo_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("repository and Triton")
+    where.add_argument(
+        "--pvc",
+        default="triton-model-repo",
+        help="the PersistentVolumeClaim (default: %(default)s)",
+    )
+    where.add_argument(
+        "--url",
+        help="the repository as an fsspec URL instead of --pvc "
+        "(pvc://claim/path, s3://bucket/prefix, file:///path)",
+    )
+    where.add_argument(
+        "-n", "--namespace", help="Kubernetes namespace (default: the kubeconfig context's)"
+    )
+    where.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+    )
+    where.add_argument("--context", help="kubeconfig context")
+    where.add_argument(
+        "--root", default="", help="folder inside the claim holding the model repository"
+    )
+    where.add_argument(
+        "--triton", action="append", help="Triton replica URL (repeatable) or Service name"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _open_repo(args: argparse.Namespace):
+    from modelrepo.repo import ModelRepo
+
+    triton: Any = args.triton
+    if triton and len(triton) == 1:
+        triton = triton[0]
+    common = {
+        "triton": triton,
+        "kubeconfig": args.kubeconfig,
+        "context": args.context,
+        "namespace": args.namespace,
+    }
+    if args.url:
+        return ModelRepo.from_url(args.url, **common)
+    return ModelRepo(pvc=args.pvc, root=args.root, **common)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _emit(args: argparse.Namespace, value: Any) -> None:
+    if getattr(args, "json", False):
+        json.dump(_jsonable(value), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        for v in value:
+            print(v)
+    else:
+        print(value)
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        result = repo.push(
+            args.model,
+            args.source,
+            version=args.version,
+            config=args.config,
+            load=args.load,
+            keep_versions=args.keep_versions,
+            progress=not args.json,
+        )
+    _emit(args, result)
+    return 0 if result.loaded is None or result.loaded.ok else EXIT_FAILED
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        _emit(args, repo.list_models())
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        versions = repo.list_versions(args.model, detail=args.detail)
+    _emit(args, versions)
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        result = repo.load(args.model, version=args.version, strict=True)
+    _emit(args, result)
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _cmd_unload(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        result = repo.unload(args.model)
+    _emit(args, result)
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _open_repo(args) as repo:
+        _emit(args, repo.status(args.model))
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from modelrepo.transport.helper import cleanup_helper_pods
+
+    with _open_repo(args) as repo:
+        removed = repo.cleanup(args.model, older_than=args.older_than)
+        if repo.pvc and not args.url:
+            removed += cleanup_helper_pods(
+                namespace=repo.namespace, kubeconfig=args.kubeconfig, context=args.context
+            )
+    _emit(args, removed)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from modelrepo.demo import run_demo
+
+    return run_demo(keep=args.keep, replicas=args.replicas, duration=args.duration)
+
+
+def _cmd_rps(args: argparse.Namespace) -> int:
+    from modelrepo.triton.rps.cli import run_rps_command
+
+    return run_rps_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelrepo",
+        description="Publish models into a Triton model repository on a Kubernetes PVC, "
+        "load them on every replica, and measure their RPS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("push", help="publish a model folder as the next version")
+    _repo_arguments(p)
+    p.add_argument("model")
+    p.add_argument(
+        "source", nargs="?", help="local folder or fsspec URL (default: ./model_repository/MODEL)"
+    )
+    p.add_argument(
+        "--version", type=int, help="publish as this version number (refused if it exists)"
+    )
+    p.add_argument("--config", help="config.pbtxt to use (path)")
+    p.add_argument(
+        "--keep-versions", action="store_true", help="keep the source's own version numbers"
+    )
+    p.add_argument("--load", action="store_true", help="load on every Triton replica afterwards")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("ls", help="list the models in the repository")
+    _repo_arguments(p)
+    p.set_defaults(func=_cmd_ls)
+
+    p = sub.add_parser("versions", help="list a model's published versions")
+    _repo_arguments(p)
+    p.add_argument("model")
+    p.add_argument(
+        "-l", "--detail", action="store_true", help="size, files and date of each version"
+    )
+    p.set_defaults(func=_cmd_versions)
+
+    p = sub.add_parser("load", help="load a model on every Triton replica")
+    _repo_arguments(p)
+    p.add_argument("model")
+    p.add_argument("--version", type=int, help="pin this version")
+    p.set_defaults(func=_cmd_load)
+
+    p = sub.add_parser("unload", help="unload a model from every Triton replica")
+    _repo_arguments(p)
+    p.add_argument("model")
+    p.set_defaults(func=_cmd_unload)
+
+    p = sub.add_parser("status", help="model states on every Triton replica")
+    _repo_arguments(p)
+    p.add_argument("model", nargs="?")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "cleanup", help="remove leftovers of interrupted pushes and stale helper pods"
+    )
+    _repo_arguments(p)
+    p.add_argument("model", nargs="?")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=3600.0,
+        help="only staging folders older than this many seconds (default: %(default)s)",
+    )
+    p.set_defaults(func=_cmd_cleanup)
+
+    p = sub.add_parser("rps", help="measure requests per second and latency of a model")
+    from modelrepo.triton.rps.cli import add_rps_arguments
+
+    add_rps_arguments(p)
+    p.set_defaults(func=_cmd_rps)
+
+    p = sub.add_parser(
+        "demo", help="run the whole flow on a local cluster emulator with real Triton replicas"
+    )
+    p.add_argument("--keep", action="store_true", help="leave it running and print how to connect")
+    p.add_argument("--replicas", type=int, default=2, help="Triton replicas (default: %(default)s)")
+    p.add_argument(
+        "--duration", type=float, default=2.0, help="seconds per RPS step (default: %(default)s)"
+    )
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (LayoutError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelRepoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Find every Triton replica behind a Service name through the Kubernetes API.
+
+Loading a model through a Service reaches one pod at random; each Triton replica keeps its
+own model state, so modelrepo addresses the pods themselves: the Service's Endpoints (or,
+without a Service, the pods labelled ``app=<name>``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from modelrepo.errors import ClusterError
+
+DEFAULT_HTTP_PORT = 8000
+
+
+def _http_port(ports: list[tuple[str | None, int]]) -> int:
+    """The port named ``http`` (Triton's convention), else 8000, else the first one."""
+    for name, port in ports:
+        if name == "http":
+            return int(port)
+    numbers = [int(port) for _, port in ports]
+    if DEFAULT_HTTP_PORT in numbers or not numbers:
+        return DEFAULT_HTTP_PORT
+    return numbers[0]
+
+
+def service_urls(
+    service: str,
+    *,
+    namespace: str | None = None,
+    kubeconfig: str | os.PathLike[str] | None = None,
+    context: str | None = None,
+) -> list[str]:
+    """``host:port`` of every ready pod behind ``service`` (or labelled ``app=<service>``)."""
+    from kubernetes import client
+
+    from modelrepo.transport.api import ApiSession
+
+    session = ApiSession(kubeconfig=kubeconfig, context=context, namespace=namespace)
+    core = client.CoreV1Api(session.api_client)
+    ns = session.namespace
+    endpoints = session.call(core.read_namespaced_endpoints, service, ns, missing_ok=True)
+    urls: list[str] = []
+    if endpoints is not None:
+        for subset in endpoints.subsets or []:
+            port = _http_port([(p.name, p.port) for p in subset.ports or []])
+            urls += [f"{a.ip}:{port}" for a in subset.addresses or []]
+    if not urls:
+        pods = session.call(core.list_namespaced_pod, ns, label_selector=f"app={service}").items
+        for pod in pods:
+            if pod.status and pod.status.phase == "Running" and pod.status.pod_ip:
+                port = _http_port(
+                    [(p.name, p.container_port) for c in pod.spec.containers for p in c.ports or []]
+                )
+                urls.append(f"{pod.status.pod_ip}:{port}")
+    if not urls:
+        raise ClusterError(
+            f"no running Triton pod found for {service!r} in namespace {ns!r}",
+            hint="check the Service name (kubectl get svc) and that its pods are Ready, "
+            "or pass triton= the replica URLs directly",
+        )
+    return sorted(urls)

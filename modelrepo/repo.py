@@ -1,0 +1,564 @@
+"""``ModelRepo``: push, list, load and measure models in a Triton model repository.
+
+The repository is any fsspec filesystem: by default a PersistentVolumeClaim reached through
+an exec'd helper pod (:class:`modelrepo.fs.PVCFileSystem`), or ``s3://`` / ``file://`` via
+:meth:`ModelRepo.from_url`. Triton is one URL, a list of URLs, or the name of a Kubernetes
+Service whose pods are each addressed (every replica keeps its own model state).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+from modelrepo.errors import ModelRepoError, TritonError
+from modelrepo.hashing import HashCache
+from modelrepo.progress import BytesProgress
+from modelrepo.source import LocalFile, Source, open_source
+from modelrepo.store import FileEntry, Manifest, RepositoryStore, _mtime, check_model_name
+
+if TYPE_CHECKING:
+    from modelrepo.triton.control import LoadResult, StatusTable, TritonReplicas
+    from modelrepo.triton.rps import RPSReport
+
+# How many recent versions are searched for files a push can link instead of sending.
+_DEDUP_VERSIONS = 3
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass
+class PushResult:
+    """What a push published: which version, how many bytes went over the wire."""
+
+    model: str
+    version: int
+    files: int
+    bytes_sent: int
+    bytes_skipped: int
+    seconds: float
+    path: str = ""
+    loaded: LoadResult | None = field(default=None, repr=False)
+
+    @property
+    def rate(self) -> float:
+        """Bytes published per second (sent + skipped)."""
+        return (self.bytes_sent + self.bytes_skipped) / self.seconds if self.seconds else 0.0
+
+    def __repr__(self) -> str:
+        text = (
+            f"PushResult(model={self.model!r}, version={self.version}, files={self.files}, "
+            f"sent={format_bytes(self.bytes_sent)}, skipped={format_bytes(self.bytes_skipped)}, "
+            f"{self.seconds:.2f} s)"
+        )
+        if self.loaded is not None:
+            text += f"\n  loaded: {'ok' if self.loaded.ok else 'FAILED'}"
+        return text
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("model", self.model),
+            ("version", self.version),
+            ("files", self.files),
+            ("sent", format_bytes(self.bytes_sent)),
+            ("skipped (already on the claim)", format_bytes(self.bytes_skipped)),
+            ("time", f"{self.seconds:.2f} s ({format_bytes(self.rate)}/s)"),
+            ("path", self.path),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+            f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table><caption>Pushed {html.escape(self.model)}</caption>{body}</table>"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published version: its number, total size, file count and last change."""
+
+    version: int
+    size: int
+    files: int
+    modified: float | None
+
+    def __repr__(self) -> str:
+        when = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(self.modified)) if self.modified else "?"
+        )
+        return (
+            f"VersionInfo(version={self.version}, size={format_bytes(self.size)}, "
+            f"files={self.files}, modified={when})"
+        )
+
+
+class ModelRepo:
+    """A Triton model repository on a PVC (or any fsspec URL), and the Triton servers using it.
+
+    >>> repo = ModelRepo(pvc="triton-model-repo", namespace="ml", triton="triton")
+    >>> repo.push("llama2_7b")  # ./model_repository/llama2_7b -> next version
+    >>> repo.load("llama2_7b")  # on every Triton replica
+    """
+
+    def __init__(
+        self,
+        pvc: str = "triton-model-repo",
+        namespace: str | None = None,
+        *,
+        root: str = "",
+        triton: str | Sequence[str] | None = None,
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+        image: str = "busybox",
+        fs: fsspec.AbstractFileSystem | None = None,
+        progress: bool = True,
+        workers: int = 4,
+        timeout: float = 600.0,
+    ) -> None:
+        self.pvc: str | None = pvc
+        self.kubeconfig = os.fspath(kubeconfig) if kubeconfig is not None else None
+        self.context = context
+        if fs is None:
+            from modelrepo.fs import PVCFileSystem
+
+            fs = PVCFileSystem(
+                claim=pvc,
+                namespace=namespace,
+                kubeconfig=self.kubeconfig,
+                context=context,
+                image=image,
+            )
+        self.fs = fs
+        self.namespace = namespace or getattr(fs, "namespace", None)
+        self.root = root.rstrip("/")
+        self.store = RepositoryStore(fs, self.root)
+        self.triton = triton
+        self.progress = progress
+        self.workers = workers
+        self.timeout = timeout
+        self._hashes = HashCache()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        triton: str | Sequence[str] | None = None,
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+        progress: bool = True,
+        **storage_options: Any,
+    ) -> ModelRepo:
+        """A repository at any fsspec URL: ``pvc://claim/path``, ``s3://bucket/prefix``, ``file:///p``.
+
+        ``storage_options`` go to the filesystem (e.g. ``endpoint_url=`` for s3fs).
+        """
+        if url.startswith("pvc://"):
+            storage_options.update(kubeconfig=kubeconfig, context=context, namespace=namespace)
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        return cls(
+            pvc=getattr(fs, "claim", None),
+            namespace=namespace,
+            root=path,
+            triton=triton,
+            kubeconfig=kubeconfig,
+            context=context,
+            fs=fs,
+            progress=progress,
+        )
+
+    def __repr__(self) -> str:
+        where = f"pvc={self.pvc!r}, namespace={self.namespace!r}" if self.pvc else repr(self.fs)
+        root = f", root={self.root!r}" if self.root else ""
+        return f"ModelRepo({where}{root}, triton={self.triton!r})"
+
+    def _repr_html_(self) -> str:
+        models = self.list_models()
+        items = (
+            "".join(f"<li><code>{html.escape(m)}</code></li>" for m in models) or "<li>(empty)</li>"
+        )
+        return f"<b>{html.escape(repr(self))}</b><ul>{items}</ul>"
+
+    # -- reading -----------------------------------------------------------------------
+    def list_models(self) -> list[str]:
+        """Names of the model folders in the repository (one round trip)."""
+        return self.store.list_models()
+
+    def list_versions(self, name: str, detail: bool = False) -> list[int] | list[VersionInfo]:
+        """Published versions of ``name``, sorted; ``detail=True`` adds size, files, modified."""
+        tree = self.store.tree(name)
+        versions = self.store.versions_in(tree)
+        if not detail:
+            return versions
+        out = []
+        for v in versions:
+            prefix = f"{v}/"
+            files = [e for e in tree if e["relpath"].startswith(prefix) and e["type"] == "file"]
+            folder = next(e for e in tree if e["relpath"] == str(v))
+            times = [t for t in (_mtime(e) for e in [folder, *files]) if t is not None]
+            out.append(
+                VersionInfo(
+                    version=v,
+                    size=sum(int(e.get("size") or 0) for e in files),
+                    files=len(files),
+                    modified=max(times) if times else None,
+                )
+            )
+        return out
+
+    # -- pushing -----------------------------------------------------------------------
+    def push(
+        self,
+        name: str,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        version: int | None = None,
+        config: str | os.PathLike[str] | None = None,
+        load: bool = False,
+        keep_versions: bool = False,
+        source_version: int | None = None,
+        progress: bool | None = None,
+    ) -> PushResult:
+        """Publish a model folder (or one version's files) as the next version of ``name``.
+
+        The layout is validated before any byte moves; files already on the repository are
+        linked, not sent; the version appears to Triton in one rename. ``version=N`` asks for
+        that number (refused if it exists); ``keep_versions=True`` publishes every version
+        folder of the source under its own number.
+        """
+        check_model_name(name)
+        started = time.perf_counter()
+        tree = self.store.tree(name)
+        published = self.store.versions_in(tree)
+        has_config = any(e["relpath"] == "config.pbtxt" for e in tree)
+        existing_config = self.store.read_config(name) if has_config else None
+        with open_source(
+            name,
+            source,
+            config=config,
+            existing_config=existing_config,
+            known_models=set(self.list_models()),
+        ) as src:
+            plan = self._version_plan(src, version, keep_versions, source_version)
+            results = [
+                self._push_version(src, sv, target, published, existing_config, progress, started)
+                for sv, target in plan
+            ]
+        result = results[-1]
+        if len(results) > 1:
+            result.files = sum(r.files for r in results)
+            result.bytes_sent = sum(r.bytes_sent for r in results)
+            result.bytes_skipped = sum(r.bytes_skipped for r in results)
+        result.seconds = time.perf_counter() - started
+        if load:
+            result.loaded = self.load(name)
+        return result
+
+    @staticmethod
+    def _version_plan(
+        src: Source, version: int | None, keep_versions: bool, source_version: int | None
+    ) -> list[tuple[int, int | None]]:
+        """(source version, target version or None for next) pairs, in publishing order."""
+        available = sorted(src.versions)
+        if keep_versions:
+            if version is not None:
+                raise ModelRepoError(
+                    "version= and keep_versions=True contradict each other",
+                    hint="keep_versions publishes each source version under its own number",
+                )
+            if available == [0]:
+                raise ModelRepoError(
+                    "keep_versions=True needs numbered version folders in the source",
+                    hint="push a model folder with 1/, 2/... or pass version=N",
+                )
+            return [(v, v) for v in available]
+        if source_version is None:
+            return [(available[-1], version)]
+        if source_version not in src.versions:
+            raise ModelRepoError(
+                f"the source has no version {source_version} (it has {available})",
+                hint="pass source_version= one of those numbers",
+            )
+        return [(source_version, version)]
+
+    def _dedup_index(self, name: str, published: list[int]) -> dict[str, str]:
+        """sha256 -> path of a published file with that content (recent versions only)."""
+        index: dict[str, str] = {}
+        for v in sorted(published)[-_DEDUP_VERSIONS:]:
+            manifest = self.store.read_manifest(name, v)
+            if manifest is None:
+                continue
+            for entry in manifest.files.values():
+                index[entry.sha256] = f"{self.store.version_path(name, v)}/{entry.path}"
+        return index
+
+    def _push_version(
+        self,
+        src: Source,
+        source_version: int,
+        target: int | None,
+        published: list[int],
+        existing_config: str | None,
+        progress: bool | None,
+        started: float,
+    ) -> PushResult:
+        name = src.model
+        files: list[LocalFile] = src.versions[source_version]
+        digests = self._hashes.digests([f.abspath for f in files], workers=self.workers)
+        known = self._dedup_index(name, published)
+        to_link = [f for f in files if digests[f.abspath] in known]
+        to_send = [f for f in files if digests[f.abspath] not in known]
+        version = self.store.reserve_version(name, target, published)
+        staging = None
+        try:
+            staging = self.store.new_staging(name)
+            self._link(known, digests, to_link, staging)
+            self._send(to_send, staging, name, version, progress)
+            if src.config_text is not None and src.config_text != existing_config:
+                self.store.write_text_atomic(
+                    f"{self.store.model_path(name)}/config.pbtxt", src.config_text
+                )
+            manifest = Manifest(
+                name,
+                version,
+                {f.relpath: FileEntry(f.relpath, f.size, digests[f.abspath]) for f in files},
+            )
+            path = self.store.publish(name, version, staging, manifest)
+            staging = None
+        finally:
+            if staging is not None:
+                self.store._rm_quiet(staging, recursive=True)
+                self.store.release_version(name, version)
+        published.append(version)
+        return PushResult(
+            model=name,
+            version=version,
+            files=len(files),
+            bytes_sent=sum(f.size for f in to_send),
+            bytes_skipped=sum(f.size for f in to_link),
+            seconds=time.perf_counter() - started,
+            path=path,
+        )
+
+    def _link(
+        self, known: dict[str, str], digests: dict[str, str], files: list[LocalFile], staging: str
+    ) -> None:
+        if not files:
+            return
+        pairs = [(known[digests[f.abspath]], f"{staging}/{f.relpath}") for f in files]
+        for parent in sorted({dst.rsplit("/", 1)[0] for _, dst in pairs} - {staging}):
+            self.fs.makedirs(parent, exist_ok=True)
+        link = getattr(self.fs, "link", None)
+        for src, dst in pairs:
+            # A hard link costs no bytes and published versions are never modified in place.
+            try:
+                if link is None:
+                    raise NotImplementedError
+                link(src, dst)
+            except (NotImplementedError, OSError):
+                self.fs.cp_file(src, dst)
+
+    def _send(
+        self, files: list[LocalFile], staging: str, name: str, version: int, progress: bool | None
+    ) -> None:
+        if not files:
+            return
+        enabled = self.progress if progress is None else progress
+        total = sum(f.size for f in files)
+        with BytesProgress(total, f"{name} v{version}", enabled=enabled) as bar:
+            self.fs.put(
+                [f.abspath for f in files],
+                [f"{staging}/{f.relpath}" for f in files],
+                callback=bar,
+            )
+
+    # -- deleting ------------------------------------------------------------------------
+    def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
+        """Remove one version; refused while a Triton replica serves it unless ``force``."""
+        if not force:
+            self._refuse_if_loaded(name, [version])
+        self.store.delete_version(name, version)
+
+    def prune(self, name: str, keep: int = 3, *, force: bool = False) -> list[int]:
+        """Delete all but the ``keep`` newest versions (never a loaded one without ``force``)."""
+        if keep < 1:
+            raise ModelRepoError(
+                "prune(keep=) must be at least 1",
+                hint="to remove a model entirely, delete its versions one by one with force=True",
+            )
+        versions = self.list_versions(name)
+        doomed = versions[:-keep]
+        loaded = set() if force or not doomed else self._loaded_versions(name)
+        removed = []
+        for v in doomed:
+            if v in loaded:
+                continue
+            self.store.delete_version(name, v)
+            removed.append(v)
+        return removed
+
+    def cleanup(self, name: str | None = None, *, older_than: float = 0.0) -> list[str]:
+        """Remove staging folders and reservations left behind by interrupted pushes."""
+        names = [name] if name else self.list_models()
+        removed = []
+        for model in names:
+            removed += self.store.cleanup(model, older_than=older_than)
+        return removed
+
+    def _loaded_versions(self, name: str) -> set[int]:
+        if self.triton is None:
+            return set()
+        return self.replicas().loaded_versions(name)
+
+    def _refuse_if_loaded(self, name: str, versions: list[int]) -> None:
+        busy = sorted(set(versions) & self._loaded_versions(name))
+        if busy:
+            raise ModelRepoError(
+                f"{name} version(s) {busy} are loaded on Triton",
+                hint=f"unload first (repo.unload({name!r})) or pass force=True",
+            )
+
+    # -- Triton ------------------------------------------------------------------------------
+    def triton_urls(self) -> list[str]:
+        """Every Triton replica's HTTP address (pods discovered through the API for a Service)."""
+        if self.triton is None:
+            raise TritonError(
+                "no Triton server given",
+                hint="pass triton= a URL, a list of URLs, or the name of the Triton Service",
+            )
+        if isinstance(self.triton, str):
+            if "://" in self.triton or ":" in self.triton:
+                return [self.triton]
+            from modelrepo.discovery import service_urls
+
+            return service_urls(
+                self.triton,
+                namespace=self.namespace,
+                kubeconfig=self.kubeconfig,
+                context=self.context,
+            )
+        return list(self.triton)
+
+    def replicas(self) -> TritonReplicas:
+        from modelrepo.triton.control import TritonReplicas
+
+        return TritonReplicas(self.triton_urls())
+
+    def load(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        config: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        strict: bool = False,
+    ) -> LoadResult:
+        """Load ``name`` on every replica; ``version=N`` pins that version (config override).
+
+        Returns the per-replica result. Raises :class:`TritonError` with Triton's own message
+        when no replica loaded it (or any failed, with ``strict=True``); otherwise warns.
+        """
+        check_model_name(name)
+        override = None
+        if version is not None or config is not None:
+            from modelrepo.layout.config import config_to_json, parse_config, with_specific_version
+
+            text = config or self.store.read_config(name)
+            if text is None:
+                raise ModelRepoError(
+                    f"{name} has no config.pbtxt on the repository",
+                    hint=f"push it first: repo.push({name!r})",
+                )
+            if version is not None:
+                if version not in self.list_versions(name):
+                    raise ModelRepoError(
+                        f"{name} has no version {version}",
+                        hint=f"published versions: {self.list_versions(name)}",
+                    )
+                text = with_specific_version(text, version)
+            override = config_to_json(parse_config(text))
+        result = self.replicas().load(
+            name, config=override, wait=wait, timeout=timeout or self.timeout
+        )
+        if not result.ok:
+            if strict or not any(r.ok for r in result.replicas):
+                result.raise_for_errors()
+            warnings.warn(f"{name} did not load on every replica:\n{result}", stacklevel=2)
+        return result
+
+    def unload(self, name: str, *, timeout: float | None = None) -> LoadResult:
+        """Unload ``name`` from every replica."""
+        check_model_name(name)
+        return self.replicas().unload(name, timeout=timeout or self.timeout)
+
+    def status(self, name: str | None = None) -> StatusTable:
+        """The repository index and each model's state on every replica, as a table."""
+        return self.replicas().status(name)
+
+    def measure_rps(
+        self,
+        name: str,
+        *,
+        concurrency: Sequence[int] | None = (1, 2, 4, 8, 16),
+        request_rate: Sequence[float] | None = None,
+        duration: float = 10,
+        warmup: float = 2,
+        batch_size: int = 1,
+        inputs: Any = None,
+        shapes: dict[str, Sequence[int]] | None = None,
+        version: int | None = None,
+        replicas: str = "all",
+        **options: Any,
+    ) -> RPSReport:
+        """Requests per second and latency ``name`` sustains, per concurrency (or rate) step."""
+        from modelrepo.triton.rps import measure_rps
+
+        if replicas not in ("all", "service"):
+            raise ModelRepoError(
+                f"replicas must be 'all' or 'service', not {replicas!r}",
+                hint="'all' spreads the load over every replica; 'service' uses the first "
+                "address only",
+            )
+        urls = self.triton_urls()
+        if replicas == "service":
+            urls = urls[:1]
+        return measure_rps(
+            urls,
+            name,
+            concurrency=concurrency,
+            request_rate=request_rate,
+            duration=duration,
+            warmup=warmup,
+            batch_size=batch_size,
+            inputs=inputs,
+            shapes=shapes,
+            version=version,
+            **options,
+        )
+
+    def close(self) -> None:
+        """Delete the helper pod (if any) now rather than at interpreter exit."""
+        closer = getattr(self.fs, "close", None)
+        if callable(closer):
+            closer()
+
+    def __enter__(self) -> ModelRepo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

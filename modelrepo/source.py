@@ -1,0 +1,163 @@
+"""Where a push reads from: a local folder or any fsspec URL, validated before a byte moves.
+
+A source is either a whole model folder (``config.pbtxt`` + numbered version folders, as
+build tutorials produce in ``./model_repository/<name>``) or the files of one version (then
+the config comes from ``config=`` or from the repository). Remote sources (``s3://...``)
+are validated where they are, then copied to a local temporary folder once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from modelrepo.errors import ModelRepoError
+from modelrepo.layout import validate_model_dir, validate_version_files
+from modelrepo.layout.config import parse_config
+
+_VERSION_RE = re.compile(r"^[1-9][0-9]*$")
+
+
+@dataclass
+class LocalFile:
+    relpath: str  # inside the version folder, '/'-separated
+    abspath: str
+    size: int
+
+
+@dataclass
+class Source:
+    """A validated source, readable from the local disk."""
+
+    model: str
+    display: str
+    config_text: str | None  # None: keep the repository's config.pbtxt
+    versions: dict[int, list[LocalFile]]  # source version number -> files
+    _tmpdir: str | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_fs(source: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
+    text = os.fspath(source)
+    if "://" in text:
+        return fsspec.core.url_to_fs(text)
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+
+
+def _config_text(config: str | os.PathLike[str]) -> str:
+    """``config=`` accepts the text of a config.pbtxt or a path to one."""
+    text = os.fspath(config)
+    if "\n" not in text and (os.path.exists(text) or text.endswith(".pbtxt")):
+        try:
+            return Path(text).read_text()
+        except FileNotFoundError:
+            raise ModelRepoError(
+                f"config file not found: {text}",
+                hint="pass the path of an existing config.pbtxt, or its text",
+            ) from None
+    return text
+
+
+def _is_model_folder(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    entries = fs.ls(path, detail=True)
+    names = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["type"] for e in entries}
+    return "config.pbtxt" in names or any(
+        t == "directory" and _VERSION_RE.match(n) for n, t in names.items()
+    )
+
+
+def _local_files(root: str) -> list[LocalFile]:
+    """Files of one local version folder; refuses symlinks that lead out of it."""
+    base = os.path.realpath(root)
+    out: list[LocalFile] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = _inside(dirpath, base)
+        if real in seen:  # a link back into the tree: walk it once
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            _inside(full, base)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            out.append(LocalFile(rel, full, os.path.getsize(full)))
+    return sorted(out, key=lambda f: f.relpath)
+
+
+def _inside(path: str, base: str) -> str:
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, base]) != base:
+        raise ModelRepoError(
+            f"{path} is a symlink to {real}, outside the model folder",
+            hint="copy the file into the model folder, or push from the folder it points to",
+        )
+    return real
+
+
+def open_source(
+    model: str,
+    source: str | os.PathLike[str] | None,
+    *,
+    config: str | os.PathLike[str] | None,
+    existing_config: str | None,
+    known_models: set[str],
+) -> Source:
+    """Validate ``source`` for ``model`` and make it readable locally."""
+    src = source if source is not None else os.path.join("model_repository", model)
+    fs, path = _as_fs(src)
+    display = os.fspath(src)
+    if not fs.exists(path):
+        raise ModelRepoError(
+            f"source not found: {display}",
+            hint=f"build the model into ./model_repository/{model}/ (config.pbtxt + 1/...), "
+            "or pass source= a local folder or an fsspec URL such as s3://bucket/prefix",
+        )
+    if not fs.isdir(path):
+        raise ModelRepoError(
+            f"source {display} is a file, not a folder",
+            hint="pass the model folder (config.pbtxt + version folders) or a version's folder",
+        )
+    config_override = _config_text(config) if config is not None else None
+    if _is_model_folder(fs, path):
+        layout = validate_model_dir(fs, path, name=model, repository_fs_names=known_models | {model})
+        config_text = config_override or layout.config_text
+        if config_override:
+            parse_config(config_override, path="config=")
+        version_dirs = {v: f"{path.rstrip('/')}/{v}" for v in sorted(layout.versions)}
+    else:
+        config_text = config_override or existing_config
+        if config_text is None:
+            raise ModelRepoError(
+                f"{display} holds the files of one version but {model} has no config.pbtxt yet",
+                hint="pass config= (a config.pbtxt path or text), or push the whole model "
+                "folder (config.pbtxt + 1/...)",
+            )
+        validate_version_files(fs, path, parse_config(config_text))
+        version_dirs = {0: path}
+        config_text = config_override  # None keeps the repository's config as it is
+    tmpdir = None
+    if not isinstance(fs, LocalFileSystem):
+        tmpdir = tempfile.mkdtemp(prefix="modelrepo-src-")
+        for v, vpath in version_dirs.items():
+            fs.get(vpath.rstrip("/") + "/", os.path.join(tmpdir, str(v)) + "/", recursive=True)
+        version_dirs = {v: os.path.join(tmpdir, str(v)) for v in version_dirs}
+    versions = {v: _local_files(d) for v, d in version_dirs.items()}
+    return Source(model, display, config_text, versions, tmpdir)

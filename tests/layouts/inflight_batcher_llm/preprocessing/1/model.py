@@ -1,0 +1,6 @@
+"""Stands in for the preprocessing model.py of TensorRT-LLM's inflight_batcher_llm."""
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise NotImplementedError
