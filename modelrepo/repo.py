@@ -27,6 +27,7 @@ from modelrepo.store import FileEntry, Manifest, RepositoryStore, _mtime, check_
 if TYPE_CHECKING:
     from modelrepo.triton.control import LoadResult, StatusTable, TritonReplicas
     from modelrepo.triton.rps import RPSReport
+    from modelrepo.widgets import ModelRepoPanel
 
 # How many recent versions are searched for files a push can link instead of sending.
 _DEDUP_VERSIONS = 3
@@ -422,7 +423,7 @@ class ModelRepo:
     def _loaded_versions(self, name: str) -> set[int]:
         if self.triton is None:
             return set()
-        return self.replicas().loaded_versions(name)
+        return set(self.status(name).loaded_versions(name))
 
     def _refuse_if_loaded(self, name: str, versions: list[int]) -> None:
         busy = sorted(set(versions) & self._loaded_versions(name))
@@ -474,24 +475,25 @@ class ModelRepo:
         when no replica loaded it (or any failed, with ``strict=True``); otherwise warns.
         """
         check_model_name(name)
-        override = None
-        if version is not None or config is not None:
-            from modelrepo.layout.config import config_to_json, parse_config, with_specific_version
+        from modelrepo.layout.config import config_to_json, parse_config, with_specific_version
 
-            text = config or self.store.read_config(name)
-            if text is None:
+        # The config always travels with the request: Triton keeps a previous override (and
+        # skips a reload it thinks unchanged), so "what the repository says now" must be sent.
+        text = config or self.store.read_config(name)
+        if text is None:
+            raise ModelRepoError(
+                f"{name} is not in the repository (no {name}/config.pbtxt)",
+                hint=f"push it first: repo.push({name!r}); models here: {self.list_models()}",
+            )
+        if version is not None:
+            published = self.list_versions(name)
+            if version not in published:
                 raise ModelRepoError(
-                    f"{name} has no config.pbtxt on the repository",
-                    hint=f"push it first: repo.push({name!r})",
+                    f"{name} has no version {version}",
+                    hint=f"published versions: {published}",
                 )
-            if version is not None:
-                if version not in self.list_versions(name):
-                    raise ModelRepoError(
-                        f"{name} has no version {version}",
-                        hint=f"published versions: {self.list_versions(name)}",
-                    )
-                text = with_specific_version(text, version)
-            override = config_to_json(parse_config(text))
+            text = with_specific_version(text, version)
+        override = config_to_json(parse_config(text))
         result = self.replicas().load(
             name, config=override, wait=wait, timeout=timeout or self.timeout
         )
@@ -550,6 +552,12 @@ class ModelRepo:
             version=version,
             **options,
         )
+
+    def panel(self) -> ModelRepoPanel:
+        """A notebook widget: models, versions and replica states; push, load, measure RPS."""
+        from modelrepo.widgets import ModelRepoPanel
+
+        return ModelRepoPanel(self)
 
     def close(self) -> None:
         """Delete the helper pod (if any) now rather than at interpreter exit."""

@@ -23,6 +23,9 @@ from modelrepo.layout import validate_model_dir, validate_version_files
 from modelrepo.layout.config import parse_config
 
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
+# Build and editor by-products that are never part of a model (as git and the Hub ignore them).
+IGNORED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints", ".git", ".modelrepo"})
+IGNORED_SUFFIXES = (".pyc", ".DS_Store")
 
 
 @dataclass
@@ -94,7 +97,10 @@ def _local_files(root: str) -> list[LocalFile]:
             dirnames[:] = []
             continue
         seen.add(real)
+        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
         for name in filenames:
+            if name.endswith(IGNORED_SUFFIXES):
+                continue
             full = os.path.join(dirpath, name)
             _inside(full, base)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -137,7 +143,9 @@ def open_source(
         )
     config_override = _config_text(config) if config is not None else None
     if _is_model_folder(fs, path):
-        layout = validate_model_dir(fs, path, name=model, repository_fs_names=known_models | {model})
+        layout = validate_model_dir(
+            fs, path, name=model, repository_fs_names=known_models | {model}
+        )
         config_text = config_override or layout.config_text
         if config_override:
             parse_config(config_override, path="config=")

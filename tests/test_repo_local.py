@@ -15,7 +15,7 @@ from modelrepo.testing.models import write_add_one_model
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    folder = write_add_one_model(tmp_path / "model_repository", "add_one")
+    folder = write_add_one_model(tmp_path / "src" / "model_repository", "add_one")
     (folder / "1" / "weights.bin").write_bytes(b"\x01" * 300_000)
     return folder
 
@@ -58,6 +58,17 @@ def test_push_twice_gives_versions_one_and_two_and_dedups(
     assert (claim / "add_one" / "2" / "weights.bin").read_bytes() == b"\x01" * 300_000
     assert (claim / "add_one" / "config.pbtxt").read_text() == (source / "config.pbtxt").read_text()
     assert "version=2" in repr(second) and "sent=0 B" in repr(second)
+
+
+def test_caches_and_editor_files_are_not_pushed(repo: ModelRepo, source: Path, claim: Path):
+    (source / "1" / "__pycache__").mkdir()
+    (source / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"pyc")
+    (source / "1" / ".ipynb_checkpoints").mkdir()
+    (source / "1" / ".ipynb_checkpoints" / "model-checkpoint.py").write_text("old")
+    result = repo.push("add_one", source=source)
+    assert result.files == 2
+    pushed = sorted(p.name for p in (claim / "add_one" / "1").iterdir())
+    assert pushed == ["model.py", "weights.bin"]
 
 
 def test_changed_file_is_sent_and_unchanged_is_skipped(repo: ModelRepo, source: Path):
@@ -222,8 +233,8 @@ def test_push_then_load_on_real_triton(local_triton, source: Path, tmp_path, mon
     repo.push("add_one", source=source)
     loaded = repo.load("add_one", version=1)
     assert loaded.ok
-    assert repo.replicas().loaded_versions("add_one") == {1}
+    assert repo.status("add_one").loaded_versions("add_one") == [1]
     repo.load("add_one")
-    assert repo.replicas().loaded_versions("add_one") == {2}
+    assert repo.status("add_one").loaded_versions("add_one") == [2]
     repo.unload("add_one")
-    assert repo.replicas().loaded_versions("add_one") == set()
+    assert repo.status("add_one").loaded_versions("add_one") == []

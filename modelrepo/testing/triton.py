@@ -218,7 +218,7 @@ class LocalTriton:
         self.metrics_port: int | None = metrics_port
         self.log_path: Path | None = self._given_log
         self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., LocalTriton] | None = None
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -251,6 +251,7 @@ class LocalTriton:
         return self._proc.pid if self._proc is not None else None
 
     def is_running(self) -> bool:
+        """Whether the server process is alive (it may still be starting)."""
         return self._proc is not None and self._proc.poll() is None
 
     def log_text(self) -> str:
@@ -260,6 +261,7 @@ class LocalTriton:
         return self.log_path.read_text(errors="replace")
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log, for error messages."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     # --- lifecycle ---------------------------------------------------------------------------
