@@ -138,14 +138,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    from modelrepo.transport.helper import cleanup_helper_pods
+    from modelrepo.transport.api import connect
+    from modelrepo.transport.helper import cleanup
 
     with _open_repo(args) as repo:
         removed = repo.cleanup(args.model, older_than=args.older_than)
-        if repo.pvc and not args.url:
-            removed += cleanup_helper_pods(
-                namespace=repo.namespace, kubeconfig=args.kubeconfig, context=args.context
-            )
+        if repo.pvc:
+            api = connect(args.kubeconfig, args.context, args.namespace)
+            try:
+                removed += cleanup(api, claim=repo.pvc)
+            finally:
+                api.close()
     _emit(args, removed)
     return 0
 

@@ -33,21 +33,25 @@ def service_urls(
     context: str | None = None,
 ) -> list[str]:
     """``host:port`` of every ready pod behind ``service`` (or labelled ``app=<service>``)."""
-    from kubernetes import client
+    from modelrepo.transport.api import connect
 
-    from modelrepo.transport.api import ApiSession
-
-    session = ApiSession(kubeconfig=kubeconfig, context=context, namespace=namespace)
-    core = client.CoreV1Api(session.api_client)
-    ns = session.namespace
-    endpoints = session.call(core.read_namespaced_endpoints, service, ns, missing_ok=True)
+    api = connect(kubeconfig, context, namespace)
+    ns = api.namespace
+    try:
+        endpoints = api.call(
+            api.core.read_namespaced_endpoints, service, ns, action=f"get endpoints {service}"
+        )
+    except ClusterError:
+        endpoints = None  # no such Service: look for pods labelled app=<service>
     urls: list[str] = []
     if endpoints is not None:
         for subset in endpoints.subsets or []:
             port = _http_port([(p.name, p.port) for p in subset.ports or []])
             urls += [f"{a.ip}:{port}" for a in subset.addresses or []]
     if not urls:
-        pods = session.call(core.list_namespaced_pod, ns, label_selector=f"app={service}").items
+        pods = api.call(
+            api.core.list_namespaced_pod, ns, label_selector=f"app={service}", action="list pods"
+        ).items
         for pod in pods:
             if pod.status and pod.status.phase == "Running" and pod.status.pod_ip:
                 port = _http_port(
