@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from modelrepo.errors import LayoutError, ModelRepoError
+from modelrepo.errors import InputError, LayoutError, ModelRepoError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (LayoutError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (InputError, LayoutError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModelRepoError as exc:

@@ -18,6 +18,10 @@ class ModelRepoError(Exception):
         super().__init__(f"{message}\n  -> {hint}" if hint else message)
 
 
+class InputError(ModelRepoError, ValueError):
+    """Bad input from the caller (a name, a path, an option): fix the call and retry."""
+
+
 class LayoutError(ModelRepoError, ValueError):
     """A model folder Triton would refuse (wrong config, missing model file, bad version...)."""
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from modelrepo.errors import ModelRepoError, TritonError
+from modelrepo.errors import InputError, ModelRepoError, TritonError
 from modelrepo.hashing import HashCache
+from modelrepo.incluster import claim_path as claim_relative
 from modelrepo.progress import BytesProgress
 from modelrepo.source import LocalFile, Source, open_source
 from modelrepo.store import FileEntry, Manifest, RepositoryStore, _mtime, check_model_name
@@ -232,16 +233,46 @@ class ModelRepo:
         load: bool = False,
         keep_versions: bool = False,
         source_version: int | None = None,
+        source_options: dict[str, Any] | None = None,
         progress: bool | None = None,
+        via: str = "exec",
+        secret: str | None = None,
+        endpoint_url: str | None = None,
+        image: str | None = None,
+        job_options: dict[str, Any] | None = None,
     ) -> PushResult:
         """Publish a model folder (or one version's files) as the next version of ``name``.
 
         The layout is validated before any byte moves; files already on the repository are
         linked, not sent; the version appears to Triton in one rename. ``version=N`` asks for
         that number (refused if it exists); ``keep_versions=True`` publishes every version
-        folder of the source under its own number.
+        folder of the source under its own number. ``source_options`` go to the source's
+        fsspec filesystem (e.g. ``{"endpoint_url": ...}`` for an S3-compatible store).
+
+        ``via="job"`` (seed Option A): an ``s3://`` source is synced by a Kubernetes Job
+        running ``aws s3 sync`` in the cluster (``image``, default ``amazon/aws-cli``;
+        credentials from the Secret named ``secret`` or the pod's service account;
+        ``endpoint_url`` for S3-compatible stores; more in ``job_options``), then published
+        the same way. The bytes never pass through the notebook.
         """
         check_model_name(name)
+        if via == "job":
+            return self._push_via_job(
+                name,
+                source,
+                version=version,
+                config=config,
+                load=load,
+                secret=secret,
+                endpoint_url=endpoint_url,
+                image=image,
+                job_options=job_options,
+            )
+        if via != "exec":
+            raise InputError(
+                f"via must be 'exec' or 'job', not {via!r}",
+                hint="'exec' sends the files from here; 'job' syncs s3:// in the cluster",
+            )
         started = time.perf_counter()
         tree = self.store.tree(name)
         published = self.store.versions_in(tree)
@@ -253,6 +284,7 @@ class ModelRepo:
             config=config,
             existing_config=existing_config,
             known_models=set(self.list_models()),
+            source_options=source_options,
         ) as src:
             plan = self._version_plan(src, version, keep_versions, source_version)
             results = [
@@ -277,12 +309,12 @@ class ModelRepo:
         available = sorted(src.versions)
         if keep_versions:
             if version is not None:
-                raise ModelRepoError(
+                raise InputError(
                     "version= and keep_versions=True contradict each other",
                     hint="keep_versions publishes each source version under its own number",
                 )
             if available == [0]:
-                raise ModelRepoError(
+                raise InputError(
                     "keep_versions=True needs numbered version folders in the source",
                     hint="push a model folder with 1/, 2/... or pass version=N",
                 )
@@ -290,7 +322,7 @@ class ModelRepo:
         if source_version is None:
             return [(available[-1], version)]
         if source_version not in src.versions:
-            raise ModelRepoError(
+            raise InputError(
                 f"the source has no version {source_version} (it has {available})",
                 hint="pass source_version= one of those numbers",
             )
@@ -387,6 +419,196 @@ class ModelRepo:
                 callback=bar,
             )
 
+    # -- in-cluster routes (seed Options A, B, C) -------------------------------------------
+    def _kube(self) -> Any:
+        from modelrepo.transport.api import connect
+
+        if getattr(self, "_kube_api", None) is None:
+            self._kube_api = connect(self.kubeconfig, self.context, self.namespace)
+        return self._kube_api
+
+    def _require_claim(self, what: str) -> str:
+        if not self.pvc or not hasattr(self.fs, "claim"):
+            raise InputError(
+                f"{what} needs a repository on a PVC",
+                hint="create the ModelRepo with pvc=<claim> (or from_url('pvc://claim/...'))",
+            )
+        return str(self.pvc)
+
+    def _publish_job_output(
+        self,
+        name: str,
+        make_job: Any,
+        *,
+        version: int | None,
+        config: str | os.PathLike[str] | None,
+        load: bool,
+        timeout: float | None,
+    ) -> PushResult:
+        from modelrepo.incluster import publish_workspace, run_into_workspace
+        from modelrepo.jobs import run_job
+        from modelrepo.source import _config_text
+
+        started = time.perf_counter()
+        config_text = _config_text(config) if config is not None else None
+        if config_text is not None:
+            from modelrepo.layout.config import parse_config
+
+            parse_config(config_text, path="config=")
+        tree = self.store.tree(name)
+        published = self.store.versions_in(tree)
+        has_config = any(e["relpath"] == "config.pbtxt" for e in tree)
+        existing_config = self.store.read_config(name) if has_config else None
+        log = None if not self.progress else print
+        workspace = run_into_workspace(
+            self.store,
+            name,
+            make_job,
+            lambda manifest: run_job(self._kube(), manifest, timeout=timeout, log=log),
+        )
+        result = publish_workspace(
+            self.store,
+            name,
+            workspace,
+            version=version,
+            config=config_text,
+            existing_config=existing_config,
+            published=published,
+            known_models=set(self.list_models()),
+            started=started,
+        )
+        if load:
+            result.loaded = self.load(name)
+        return result
+
+    def _push_via_job(
+        self,
+        name: str,
+        source: str | os.PathLike[str] | None,
+        *,
+        version: int | None,
+        config: str | os.PathLike[str] | None,
+        load: bool,
+        secret: str | None,
+        endpoint_url: str | None,
+        image: str | None,
+        job_options: dict[str, Any] | None,
+    ) -> PushResult:
+        from modelrepo.jobs import DEFAULT_AWS_IMAGE, s3_sync_job
+
+        claim = self._require_claim("push(via='job')")
+        url = os.fspath(source) if source is not None else ""
+        if not url.startswith("s3://"):
+            raise InputError(
+                f"push(via='job') syncs from S3, got source={url or None!r}",
+                hint="pass source='s3://bucket/prefix/<model>', or push a local folder "
+                "with via='exec'",
+            )
+        options = dict(job_options or {})
+        timeout = options.pop("timeout", None)
+
+        def make_job(job_name: str, dest: str) -> dict[str, Any]:
+            return s3_sync_job(
+                job_name,
+                claim=claim,
+                namespace=self._kube().namespace,
+                source=url,
+                dest_path=dest,
+                image=image or DEFAULT_AWS_IMAGE,
+                secret=secret,
+                endpoint_url=endpoint_url,
+                **options,
+            )
+
+        return self._publish_job_output(
+            name, make_job, version=version, config=config, load=load, timeout=timeout
+        )
+
+    def build(
+        self,
+        name: str,
+        *,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        inputs: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        version: int | None = None,
+        config: str | os.PathLike[str] | None = None,
+        load: bool = False,
+        gpus: int = 0,
+        timeout: float | None = None,
+        **job_options: Any,
+    ) -> PushResult:
+        """Build a model in the cluster (seed Option B) and publish it as the next version.
+
+        A Job runs ``command`` (default: the TensorRT-LLM ``trtllm-build`` template) in
+        ``image`` with each of ``inputs`` (name -> folder on the claim) mounted read-only at
+        ``/inputs/<name>`` and a fresh output folder at ``/output``. What it writes there is
+        published like a push: one version's files (config from ``config=`` or the
+        repository), or a whole model folder. A failed build publishes nothing.
+        """
+        from modelrepo.jobs import build_job
+
+        check_model_name(name)
+        claim = self._require_claim("build()")
+        inputs = dict(inputs or {})
+        for key, folder in inputs.items():
+            # subPath mounts create missing folders: a typo would build from nothing.
+            if not self.fs.isdir(folder):
+                raise InputError(
+                    f"build input {key!r}: folder {folder!r} is not on the claim",
+                    hint="pass inputs={name: <folder relative to the claim root>} that exists",
+                )
+        inputs = {k: claim_relative(self.fs, v) for k, v in inputs.items()}
+
+        def make_job(job_name: str, dest: str) -> dict[str, Any]:
+            return build_job(
+                job_name,
+                claim=claim,
+                namespace=self._kube().namespace,
+                image=image,
+                output_path=dest,
+                command=command,
+                inputs=inputs,
+                params=params,
+                env=env,
+                gpus=gpus,
+                **job_options,
+            )
+
+        return self._publish_job_output(
+            name, make_job, version=version, config=config, load=load, timeout=timeout
+        )
+
+    def manifests(
+        self,
+        mode: str = "pvc",
+        *,
+        name: str = "triton",
+        path: str | os.PathLike[str] | None = None,
+        rbac: bool = True,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Kubernetes manifests for Triton on this repository (seed Option C) and RBAC.
+
+        ``mode="pvc"``: PVC + Deployment (``--model-control-mode=explicit``) + Service.
+        ``mode="init-sync"``: an init container syncs ``s3_source=`` into an emptyDir on
+        every pod start. ``rbac=True`` adds the Role/RoleBinding modelrepo itself needs.
+        ``path`` also writes them as one YAML file for ``kubectl apply -f``.
+        """
+        from modelrepo.jobs import rbac_manifests, triton_manifests, write_yaml
+
+        namespace = self.namespace or "default"
+        docs = triton_manifests(
+            name, claim=self.pvc, namespace=namespace, mode=mode, root=self.root, **options
+        )
+        if rbac:
+            docs += rbac_manifests("modelrepo", namespace)
+        if path is not None:
+            write_yaml(docs, path)
+        return docs
+
     # -- deleting ------------------------------------------------------------------------
     def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
         """Remove one version; refused while a Triton replica serves it unless ``force``."""
@@ -397,7 +619,7 @@ class ModelRepo:
     def prune(self, name: str, keep: int = 3, *, force: bool = False) -> list[int]:
         """Delete all but the ``keep`` newest versions (never a loaded one without ``force``)."""
         if keep < 1:
-            raise ModelRepoError(
+            raise InputError(
                 "prune(keep=) must be at least 1",
                 hint="to remove a model entirely, delete its versions one by one with force=True",
             )
@@ -481,14 +703,14 @@ class ModelRepo:
         # skips a reload it thinks unchanged), so "what the repository says now" must be sent.
         text = config or self.store.read_config(name)
         if text is None:
-            raise ModelRepoError(
+            raise InputError(
                 f"{name} is not in the repository (no {name}/config.pbtxt)",
                 hint=f"push it first: repo.push({name!r}); models here: {self.list_models()}",
             )
         if version is not None:
             published = self.list_versions(name)
             if version not in published:
-                raise ModelRepoError(
+                raise InputError(
                     f"{name} has no version {version}",
                     hint=f"published versions: {published}",
                 )
@@ -531,7 +753,7 @@ class ModelRepo:
         from modelrepo.triton.rps import measure_rps
 
         if replicas not in ("all", "service"):
-            raise ModelRepoError(
+            raise InputError(
                 f"replicas must be 'all' or 'service', not {replicas!r}",
                 hint="'all' spreads the load over every replica; 'service' uses the first "
                 "address only",

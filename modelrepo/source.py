@@ -14,11 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from modelrepo.errors import ModelRepoError
+from modelrepo.errors import InputError
 from modelrepo.layout import validate_model_dir, validate_version_files
 from modelrepo.layout.config import parse_config
 
@@ -57,10 +58,12 @@ class Source:
         self.close()
 
 
-def _as_fs(source: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
+def _as_fs(
+    source: str | os.PathLike[str], options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     text = os.fspath(source)
     if "://" in text:
-        return fsspec.core.url_to_fs(text)
+        return fsspec.core.url_to_fs(text, **(options or {}))
     return LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
 
 
@@ -71,7 +74,7 @@ def _config_text(config: str | os.PathLike[str]) -> str:
         try:
             return Path(text).read_text()
         except FileNotFoundError:
-            raise ModelRepoError(
+            raise InputError(
                 f"config file not found: {text}",
                 hint="pass the path of an existing config.pbtxt, or its text",
             ) from None
@@ -111,7 +114,7 @@ def _local_files(root: str) -> list[LocalFile]:
 def _inside(path: str, base: str) -> str:
     real = os.path.realpath(path)
     if os.path.commonpath([real, base]) != base:
-        raise ModelRepoError(
+        raise InputError(
             f"{path} is a symlink to {real}, outside the model folder",
             hint="copy the file into the model folder, or push from the folder it points to",
         )
@@ -125,19 +128,20 @@ def open_source(
     config: str | os.PathLike[str] | None,
     existing_config: str | None,
     known_models: set[str],
+    source_options: dict[str, Any] | None = None,
 ) -> Source:
     """Validate ``source`` for ``model`` and make it readable locally."""
     src = source if source is not None else os.path.join("model_repository", model)
-    fs, path = _as_fs(src)
+    fs, path = _as_fs(src, source_options)
     display = os.fspath(src)
     if not fs.exists(path):
-        raise ModelRepoError(
+        raise InputError(
             f"source not found: {display}",
             hint=f"build the model into ./model_repository/{model}/ (config.pbtxt + 1/...), "
             "or pass source= a local folder or an fsspec URL such as s3://bucket/prefix",
         )
     if not fs.isdir(path):
-        raise ModelRepoError(
+        raise InputError(
             f"source {display} is a file, not a folder",
             hint="pass the model folder (config.pbtxt + version folders) or a version's folder",
         )
@@ -153,7 +157,7 @@ def open_source(
     else:
         config_text = config_override or existing_config
         if config_text is None:
-            raise ModelRepoError(
+            raise InputError(
                 f"{display} holds the files of one version but {model} has no config.pbtxt yet",
                 hint="pass config= (a config.pbtxt path or text), or push the whole model "
                 "folder (config.pbtxt + 1/...)",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from modelrepo.errors import ModelRepoError, VersionExistsError
+from modelrepo.errors import InputError, ModelRepoError, VersionExistsError
 
 META_DIR = ".modelrepo"
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
@@ -38,7 +38,7 @@ STALE_STAGING_SECONDS = 6 * 3600
 def check_model_name(name: str) -> str:
     """Refuse names Triton or a shell would trip on, before anything touches the claim."""
     if not isinstance(name, str) or not _MODEL_NAME_RE.match(name) or name in (".", ".."):
-        raise ModelRepoError(
+        raise InputError(
             f"invalid model name {name!r}",
             hint="use 1-128 characters from letters, digits, '_', '-' and '.', not starting "
             "with '.' or '-' (Triton uses the folder name as the model name)",
@@ -170,7 +170,7 @@ class RepositoryStore:
         published = set(taken)
         if version is not None:
             if version < 1:
-                raise ModelRepoError(
+                raise InputError(
                     f"version must be a positive integer, got {version}",
                     hint="Triton ignores version folders that are 0 or not a number",
                 )

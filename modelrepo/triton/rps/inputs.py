@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from modelrepo.errors import ModelRepoError
+from modelrepo import errors
 
 # Triton datatype -> numpy dtype of the values as a user holds them. BF16 is held as float32
 # (numpy has no bfloat16) and sent truncated to its upper 16 bits; BYTES as an object array of
@@ -46,7 +46,7 @@ RANDOM_INT_HIGH = 100
 RANDOM_BYTES_LENGTH = 16
 
 
-class InputError(ModelRepoError, ValueError):
+class InputError(errors.InputError):
     """Inputs that do not match the model's metadata (shape, dtype, missing dims or names)."""
 
 
