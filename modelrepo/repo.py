@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from modelrepo._tables import html_table, text_table
 from modelrepo.errors import InputError, ModelRepoError, TritonError
 from modelrepo.hashing import HashCache
 from modelrepo.incluster import claim_path as claim_relative
@@ -80,12 +81,7 @@ class PushResult:
             ("time", f"{self.seconds:.2f} s ({format_bytes(self.rate)}/s)"),
             ("path", self.path),
         ]
-        body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-            f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-            for k, v in rows
-        )
-        return f"<table><caption>Pushed {html.escape(self.model)}</caption>{body}</table>"
+        return html_table(("", ""), rows, caption=f"Pushed {self.model}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +101,29 @@ class VersionInfo:
             f"VersionInfo(version={self.version}, size={format_bytes(self.size)}, "
             f"files={self.files}, modified={when})"
         )
+
+
+class VersionList(list):
+    """``list_versions(detail=True)``: a list of VersionInfo that prints as a table."""
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                str(v.version),
+                format_bytes(v.size),
+                str(v.files),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(v.modified)) if v.modified else "?",
+            )
+            for v in self
+        ]
+
+    _HEADERS = ("version", "size", "files", "modified")
+
+    def __repr__(self) -> str:
+        return text_table(self._HEADERS, self._rows(), align="right")
+
+    def _repr_html_(self) -> str:
+        return html_table(self._HEADERS, self._rows(), align="right")
 
 
 class ModelRepo:
@@ -200,13 +219,13 @@ class ModelRepo:
         """Names of the model folders in the repository (one round trip)."""
         return self.store.list_models()
 
-    def list_versions(self, name: str, detail: bool = False) -> list[int] | list[VersionInfo]:
+    def list_versions(self, name: str, detail: bool = False) -> list[int] | VersionList:
         """Published versions of ``name``, sorted; ``detail=True`` adds size, files, modified."""
         tree = self.store.tree(name)
         versions = self.store.versions_in(tree)
         if not detail:
             return versions
-        out = []
+        out = VersionList()
         for v in versions:
             prefix = f"{v}/"
             files = [e for e in tree if e["relpath"].startswith(prefix) and e["type"] == "file"]

@@ -205,6 +205,8 @@ def test_list_versions_detail_delete_and_prune(repo: ModelRepo, source: Path):
     info = repo.list_versions("add_one", detail=True)
     assert [i.version for i in info] == [1, 2, 3, 4]
     assert info[0].files == 2 and info[0].size > 300_000 and info[0].modified
+    assert repr(info).splitlines()[0].split() == ["version", "size", "files", "modified"]
+    assert "<td>4</td>" in info._repr_html_()
     repo.delete_version("add_one", 2)
     assert repo.list_versions("add_one") == [1, 3, 4]
     assert repo.prune("add_one", keep=1) == [1, 3]

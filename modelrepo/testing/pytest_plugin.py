@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modelrepo.testing.cluster import LocalCluster
 from modelrepo.testing.triton import LocalTriton
 
 
@@ -18,3 +19,13 @@ def local_triton(tmp_path: Path) -> Iterator[LocalTriton]:
     """
     with LocalTriton(repository=tmp_path / "model_repository") as triton:
         yield triton
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A running LocalCluster (kubeconfig at ``local_cluster.kubeconfig``), stopped afterwards.
+
+    ``local_cluster.create_pvc("name")`` returns the host folder that backs a claim.
+    """
+    with LocalCluster(base_dir=tmp_path / "cluster") as cluster:
+        yield cluster

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
+from modelrepo._tables import html_table, text_table
 from modelrepo.errors import TritonError
 
 __all__ = [
@@ -129,27 +130,6 @@ def _request(
 # --- result objects ----------------------------------------------------------------------------
 
 
-def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
-    lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
-        for line in lines
-    )
-
-
-def _html_table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in row) + "</tr>"
-        for row in rows
-    )
-    return (
-        f"<table><caption style='text-align:left'>{html.escape(caption)}</caption>"
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
-
-
 def _first_line(text: str, limit: int = 120) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -220,7 +200,7 @@ class LoadResult:
             f"LoadResult({self.action} {self.model!r}: "
             f"{'ok' if self.ok else 'FAILED'}, {self.seconds:.2f} s)"
         )
-        return head + "\n" + _text_table(["replica", "outcome", "seconds", "message"], rows)
+        return head + "\n" + text_table(["replica", "outcome", "seconds", "message"], rows)
 
     def _repr_html_(self) -> str:
         rows = [
@@ -228,7 +208,8 @@ class LoadResult:
             for a, b, c, m in self._rows()
         ]
         caption = f"{self.action} {self.model}: {'ok' if self.ok else 'FAILED'}"
-        return _html_table(caption, ["replica", "outcome", "seconds", "message"], rows)
+        headers = ["replica", "outcome", "seconds", "message"]
+        return html_table(headers, rows, caption=caption, escape=False)
 
 
 #: Triton's model states, plus what this table adds: a model folder never loaded
@@ -306,7 +287,7 @@ class StatusTable:
                         f"  * {row.model} {line[1]} on {rep}: {_first_line(s.reason, 300)}"
                     )
             rows.append(line)
-        text = f"StatusTable ({len(self.replicas)} replica(s))\n" + _text_table(headers, rows)
+        text = f"StatusTable ({len(self.replicas)} replica(s))\n" + text_table(headers, rows)
         notes += [f"  * {rep}: unreachable: {msg}" for rep, msg in self.unreachable.items()]
         return text + ("\n" + "\n".join(notes) if notes else "")
 
@@ -328,7 +309,8 @@ class StatusTable:
                     f"{s.state}</span>{reason}"
                 )
             rows.append(line)
-        return _html_table(f"Triton status ({len(self.replicas)} replica(s))", headers, rows)
+        caption = f"Triton status ({len(self.replicas)} replica(s))"
+        return html_table(headers, rows, caption=caption, escape=False)
 
 
 # --- the client ---------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from modelrepo._tables import html_table, text_table
+
 #: The keys of a step's ``server`` dict (Triton's own view of the same window).
 SERVER_KEYS = (
     "success",
@@ -280,13 +282,8 @@ class RPSReport:
 
     def __repr__(self) -> str:
         columns = self._columns()
-        rows = [[h for h, _ in columns]] + [[g(s) for _, g in columns] for s in self.steps]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-        lines = [self._title()]
-        for n, row in enumerate(rows):
-            lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
+        rows = [[g(s) for _, g in columns] for s in self.steps]
+        lines = [self._title(), text_table([h for h, _ in columns], rows, align="right")]
         if not self.steps:
             lines.append("(no step finished)")
         lines += [f"error {e}" for e in self._error_lines()]
@@ -294,16 +291,13 @@ class RPSReport:
 
     def _repr_html_(self) -> str:
         columns = self._columns()
-        head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(g(s))}</td>" for _, g in columns) + "</tr>"
-            for s in self.steps
-        )
+        rows = [[g(s) for _, g in columns] for s in self.steps]
+        table = html_table([h for h, _ in columns], rows, align="right")
         errors = "".join(f"<li>{html.escape(e)}</li>" for e in self._error_lines())
         return (
-            f"<div><b>{html.escape(self._title())}</b>"
-            f'<table style="text-align:right"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table>" + (f"<ul>{errors}</ul>" if errors else "") + "</div>"
+            f"<div><b>{html.escape(self._title())}</b>{table}"
+            + (f"<ul>{errors}</ul>" if errors else "")
+            + "</div>"
         )
 
     def plot(self) -> Any:
@@ -368,4 +362,15 @@ class RPSReport:
         ax_load.grid(True, alpha=0.3)
         ax_load.legend()
         fig.suptitle(f"{self.model} @ {', '.join(self.urls)}", fontsize=10)
+        # Jupyter renders a bare Figure as an image only once pyplot's inline backend is
+        # active; a PNG repr of its own makes `report.plot()` show in a fresh kernel too.
+        fig._repr_png_ = lambda: _figure_png(fig)
         return fig
+
+
+def _figure_png(fig: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

@@ -1,0 +1,195 @@
+"""ModelRepo end to end: LocalCluster (helper pod over exec) + real Triton replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelrepo import ModelRepo
+from modelrepo.cli import main as cli_main
+from modelrepo.errors import ClusterError, LayoutError, ModelRepoError, TritonError
+from modelrepo.testing import LocalCluster
+from modelrepo.testing.models import write_add_one_model, write_broken_model
+
+CLAIM = "triton-model-repo"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(base_dir=tmp_path_factory.mktemp("cluster")) as cluster:
+        cluster.create_pvc(CLAIM)
+        cluster.deploy_triton(name="triton", claim=CLAIM, replicas=2)
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def claim_dir(cluster: LocalCluster) -> Path:
+    path = cluster.pvc_path(CLAIM)
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def repo(cluster: LocalCluster, tmp_path: Path, monkeypatch) -> Iterator[ModelRepo]:
+    monkeypatch.setenv("MODELREPO_CACHE_DIR", str(tmp_path / "cache"))
+    with ModelRepo(
+        pvc=CLAIM,
+        namespace="default",
+        kubeconfig=cluster.kubeconfig,
+        triton="triton",
+        progress=False,
+    ) as repo:
+        yield repo
+
+
+def model_source(tmp_path: Path, name: str, payload: bytes = b"") -> Path:
+    folder = write_add_one_model(tmp_path / "model_repository", name)
+    if payload:
+        (folder / "1" / "weights.bin").write_bytes(payload)
+    return folder
+
+
+def test_push_load_measure_on_every_replica(repo: ModelRepo, tmp_path: Path, claim_dir: Path):
+    source = model_source(tmp_path, "e2e_add", os.urandom(3 << 20))
+    first = repo.push("e2e_add", source=source)
+    assert first.version == 1 and first.bytes_sent == 3 * 2**20 + len(
+        (source / "1" / "model.py").read_bytes()
+    )
+    again = repo.push("e2e_add", source=source)
+    assert (again.version, again.bytes_sent, again.bytes_skipped) == (2, 0, first.bytes_sent)
+    assert repo.list_versions("e2e_add") == [1, 2]
+    assert (claim_dir / "e2e_add" / "2" / "weights.bin").read_bytes() == (
+        source / "1" / "weights.bin"
+    ).read_bytes()
+
+    loaded = repo.load("e2e_add")
+    assert loaded.ok and len(loaded.replicas) == 2
+    status = repo.status("e2e_add")
+    assert status.ready("e2e_add", 2)
+    assert status.loaded_versions("e2e_add") == [2]
+
+    pinned = repo.load("e2e_add", version=1)
+    assert pinned.ok
+    assert repo.status("e2e_add").loaded_versions("e2e_add") == [1]
+
+    report = repo.measure_rps("e2e_add", concurrency=[1, 4], duration=0.6, warmup=0.2)
+    steps = report.to_dict()["steps"]
+    assert [s["concurrency"] for s in steps] == [1, 4]
+    for step in steps:
+        assert step["rps"] > 0 and step["errors"] == 0
+        assert step["p50_ms"] <= step["p99_ms"]
+        # both replicas served: the server-side count covers the client's claim
+        assert abs(step["server"]["success"] - step["requests"]) <= max(2, 0.02 * step["requests"])
+    repo.unload("e2e_add")
+    assert repo.status("e2e_add").loaded_versions("e2e_add") == []
+
+
+def test_triton_given_as_url_list(cluster: LocalCluster, repo: ModelRepo, tmp_path: Path):
+    urls = repo.triton_urls()
+    assert len(urls) == 2 and len(set(urls)) == 2
+    repo.push("by_url", source=model_source(tmp_path, "by_url"))
+    direct = ModelRepo(
+        pvc=CLAIM, namespace="default", kubeconfig=cluster.kubeconfig, triton=urls, progress=False
+    )
+    assert direct.load("by_url").ok
+    assert direct.status("by_url").ready("by_url", 1)
+
+
+def test_broken_model_surfaces_triton_message_per_replica(repo: ModelRepo, tmp_path: Path):
+    from modelrepo.testing.models import BROKEN_MODEL_MESSAGE
+
+    repo.push("broken", source=write_broken_model(tmp_path / "src", "broken"))
+    with pytest.raises(TritonError) as err:
+        repo.load("broken")
+    text = str(err.value)
+    assert BROKEN_MODEL_MESSAGE in text
+    for url in repo.triton_urls():
+        assert url in text
+
+
+def test_unknown_model_load_says_push_first(repo: ModelRepo):
+    with pytest.raises(ModelRepoError, match=r"repo\.push\('ghost_model'\)"):
+        repo.load("ghost_model")
+
+
+def test_invalid_model_never_reaches_the_claim(repo: ModelRepo, tmp_path: Path, claim_dir: Path):
+    source = model_source(tmp_path, "bad_cfg")
+    config = source / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: -3"))
+    with pytest.raises(LayoutError):
+        repo.push("bad_cfg", source=source)
+    assert not (claim_dir / "bad_cfg").exists()
+
+
+def test_missing_claim_is_a_clear_error(cluster: LocalCluster, tmp_path: Path):
+    repo = ModelRepo(pvc="no-such-claim", namespace="default", kubeconfig=cluster.kubeconfig)
+    with pytest.raises(ClusterError, match="no-such-claim") as err:
+        repo.list_models()
+    assert "PVC" in str(err.value) or "claim" in str(err.value)
+
+
+def test_push_from_s3_source(repo: ModelRepo, tmp_path: Path, claim_dir: Path, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="models")
+        source = model_source(tmp_path, "from_s3", b"s3-bytes" * 1000)
+        for path in source.rglob("*"):
+            if path.is_file():
+                key = f"model-repo/from_s3/{path.relative_to(source).as_posix()}"
+                s3.put_object(Bucket="models", Key=key, Body=path.read_bytes())
+        result = repo.push(
+            "from_s3",
+            source="s3://models/model-repo/from_s3",
+            source_options={"endpoint_url": endpoint},
+        )
+    finally:
+        server.stop()
+    assert result.version == 1
+    assert (claim_dir / "from_s3" / "1" / "weights.bin").read_bytes() == b"s3-bytes" * 1000
+    assert repo.load("from_s3").ok
+
+
+def test_cli_push_versions_load_status_json(cluster: LocalCluster, tmp_path: Path, capsys):
+    source = model_source(tmp_path, "cli_model")
+    common = ["--kubeconfig", str(cluster.kubeconfig), "-n", "default", "--json"]
+    assert cli_main(["push", "cli_model", str(source), *common]) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    assert pushed["version"] == 1 and pushed["model"] == "cli_model"
+    assert cli_main(["versions", "cli_model", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == [1]
+    assert cli_main(["load", "cli_model", "--triton", "triton", *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["status", "cli_model", "--triton", "triton", *common]) == 0
+    assert "READY" in capsys.readouterr().out
+    # bad input: exit code 2 and a message naming the problem
+    assert cli_main(["push", "cli_model", str(tmp_path / "nowhere"), *common]) == 2
+    assert "source not found" in capsys.readouterr().err
+
+
+def test_demo_command_exits_zero():
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelrepo.cli", "demo", "--duration", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Loaded on every replica" in proc.stdout
+    assert "requests/s" in proc.stdout
