@@ -99,9 +99,66 @@ def _cmd_push(args: argparse.Namespace) -> int:
             load=args.load,
             keep_versions=args.keep_versions,
             progress=not args.json,
+            via=args.via,
+            **_job_arguments(args),
         )
     _emit(args, result)
     return 0 if result.loaded is None or result.loaded.ok else EXIT_FAILED
+
+
+def _job_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """push --via job options, passed only when given (so via=exec never sees them)."""
+    if args.via != "job":
+        return {}
+    return {"secret": args.secret, "endpoint_url": args.endpoint_url, "image": args.image}
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    inputs = dict(_key_value(item, "--input") for item in args.input or [])
+    env = dict(_key_value(item, "--env") for item in args.env or [])
+    with _open_repo(args) as repo:
+        result = repo.build(
+            args.model,
+            image=args.image,
+            command=args.command,
+            inputs=inputs,
+            env=env,
+            version=args.version,
+            config=args.config,
+            load=args.load,
+            gpus=args.gpus,
+            timeout=args.timeout,
+        )
+    _emit(args, result)
+    return 0 if result.loaded is None or result.loaded.ok else EXIT_FAILED
+
+
+def _key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise InputError(f"{flag} {item!r} is not NAME=VALUE", hint=f"write {flag} name=value")
+    return key, value
+
+
+def _cmd_manifests(args: argparse.Namespace) -> int:
+    from modelrepo.jobs import to_yaml
+
+    options: dict[str, Any] = {"replicas": args.replicas, "gpus": args.gpus}
+    if args.image:
+        options["image"] = args.image
+    if args.mode == "init-sync":
+        options.update(s3_source=args.s3_source, secret=args.secret, endpoint_url=args.endpoint_url)
+    with _open_repo(args) as repo:
+        docs = repo.manifests(
+            args.mode, name=args.name, path=args.output, rbac=not args.no_rbac, **options
+        )
+    if args.json:
+        _emit(args, docs)
+    elif args.output is None:
+        sys.stdout.write(to_yaml(docs))
+    else:
+        print(f"wrote {len(docs)} manifests to {args.output}")
+    return 0
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -187,7 +244,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-versions", action="store_true", help="keep the source's own version numbers"
     )
     p.add_argument("--load", action="store_true", help="load on every Triton replica afterwards")
+    job = p.add_argument_group("in-cluster sync (--via job, seed Option A)")
+    job.add_argument(
+        "--via",
+        choices=("exec", "job"),
+        default="exec",
+        help="exec: send the files from here through the helper pod (default); "
+        "job: a Kubernetes Job runs `aws s3 sync` from an s3:// SOURCE into the claim",
+    )
+    job.add_argument("--secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    job.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph...)")
+    job.add_argument("--image", help="image with the aws CLI (default: amazon/aws-cli)")
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("build", help="build a model in a Kubernetes Job and publish the output")
+    _repo_arguments(p)
+    p.add_argument("model")
+    p.add_argument("--image", required=True, help="the build image (e.g. a TensorRT-LLM image)")
+    p.add_argument(
+        "--command",
+        help="shell command; {output} and {inputs[NAME]} are replaced, quoted "
+        "(default: the trtllm-build template, which needs --input checkpoint=...)",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME=FOLDER",
+        help="a claim folder mounted read-only at /inputs/NAME (repeatable)",
+    )
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="environment variable")
+    p.add_argument("--version", type=int, help="publish as this version number")
+    p.add_argument("--config", help="config.pbtxt to use when the build writes one version's files")
+    p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu limit (default: 0)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the Job")
+    p.add_argument("--load", action="store_true", help="load on every Triton replica afterwards")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("manifests", help="print Triton Deployment/Service/PVC and RBAC manifests")
+    _repo_arguments(p)
+    p.add_argument(
+        "--mode",
+        choices=("pvc", "init-sync"),
+        default="pvc",
+        help="pvc: Triton mounts the claim (explicit model control); init-sync: an init "
+        "container syncs S3 into an emptyDir on every pod start (seed Option C)",
+    )
+    p.add_argument("--name", default="triton", help="Deployment and Service name")
+    p.add_argument("--replicas", type=int, default=1, help="Triton replicas (default: 1)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default: 0)")
+    p.add_argument("--image", help="Triton image")
+    p.add_argument("--s3-source", help="init-sync: s3://bucket/prefix of the model repository")
+    p.add_argument("--secret", help="init-sync: Secret with the AWS keys")
+    p.add_argument("--endpoint-url", help="init-sync: S3-compatible endpoint")
+    p.add_argument("--no-rbac", action="store_true", help="leave out modelrepo's Role/RoleBinding")
+    p.add_argument("-o", "--output", help="write YAML to this file instead of stdout")
+    p.set_defaults(func=_cmd_manifests)
 
     p = sub.add_parser("ls", help="list the models in the repository")
     _repo_arguments(p)
