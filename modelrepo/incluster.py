@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from modelrepo.errors import InputError
-from modelrepo.layout import validate_model_dir, validate_version_files
-from modelrepo.layout.config import parse_config
+from modelrepo.source import validate_layout
 from modelrepo.store import FileEntry, Manifest, RepositoryStore
 
 if TYPE_CHECKING:
@@ -27,41 +26,6 @@ def claim_path(fs: Any, path: str) -> str:
     root = str(getattr(fs, "root", "/")).strip("/")
     inner = fs._strip_protocol(path).strip("/")
     return posixpath.join(root, inner) if root else inner
-
-
-def _version_layout(
-    store: RepositoryStore,
-    name: str,
-    workspace: str,
-    config: str | None,
-    existing_config: str | None,
-    known_models: set[str],
-) -> tuple[str, str | None]:
-    """Validate what the Job left; return (folder holding the version files, new config)."""
-    fs = store.fs
-    entries = fs.ls(workspace, detail=True)
-    names = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["type"] for e in entries}
-    if not names:
-        raise InputError(
-            f"the Job finished but wrote nothing into {workspace}",
-            hint="check the source (an empty S3 prefix?) or the build command's output folder",
-        )
-    is_model = "config.pbtxt" in names or any(
-        t == "directory" and n.isdigit() for n, t in names.items()
-    )
-    if is_model:
-        layout = validate_model_dir(fs, workspace, name=name, repository_fs_names=known_models)
-        newest = max(layout.versions)
-        return f"{workspace.rstrip('/')}/{newest}", config or layout.config_text
-    text = config or existing_config
-    if text is None:
-        raise InputError(
-            f"the Job wrote the files of one version but {name} has no config.pbtxt yet",
-            hint="pass config= (the text or path of a config.pbtxt), or make the source a "
-            "whole model folder (config.pbtxt + 1/...)",
-        )
-    validate_version_files(fs, workspace, parse_config(text))
-    return workspace, config
 
 
 def publish_workspace(
@@ -80,9 +44,20 @@ def publish_workspace(
     from modelrepo.repo import PushResult
 
     fs = store.fs
-    version_dir, new_config = _version_layout(
-        store, name, workspace, config, existing_config, known_models | {name}
+    if not fs.ls(workspace, detail=False):
+        raise InputError(
+            f"the Job finished but wrote nothing into {workspace}",
+            hint="check the source (an empty S3 prefix?) or the build command's output folder",
+        )
+    version_dirs, new_config = validate_layout(
+        fs,
+        workspace,
+        name,
+        config=config,
+        existing_config=existing_config,
+        known_models=known_models,
     )
+    version_dir = version_dirs[max(version_dirs)]
     files = {e["relpath"]: int(e.get("size") or 0) for e in _files_under(store, version_dir)}
     hashes = fs.sha256([f"{version_dir}/{p}" for p in files]) if hasattr(fs, "sha256") else {}
     entries = {

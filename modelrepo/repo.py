@@ -293,10 +293,7 @@ class ModelRepo:
                 hint="'exec' sends the files from here; 'job' syncs s3:// in the cluster",
             )
         started = time.perf_counter()
-        tree = self.store.tree(name)
-        published = self.store.versions_in(tree)
-        has_config = any(e["relpath"] == "config.pbtxt" for e in tree)
-        existing_config = self.store.read_config(name) if has_config else None
+        published, existing_config = self._model_state(name)
         with open_source(
             name,
             source,
@@ -319,6 +316,12 @@ class ModelRepo:
         if load:
             result.loaded = self.load(name)
         return result
+
+    def _model_state(self, name: str) -> tuple[list[int], str | None]:
+        """Published versions and config.pbtxt text of ``name`` (one listing, one read)."""
+        tree = self.store.tree(name)
+        has_config = any(e["relpath"] == "config.pbtxt" for e in tree)
+        return self.store.versions_in(tree), self.store.read_config(name) if has_config else None
 
     @staticmethod
     def _version_plan(
@@ -466,18 +469,15 @@ class ModelRepo:
     ) -> PushResult:
         from modelrepo.incluster import publish_workspace, run_into_workspace
         from modelrepo.jobs import run_job
-        from modelrepo.source import _config_text
+        from modelrepo.source import config_text_of
 
         started = time.perf_counter()
-        config_text = _config_text(config) if config is not None else None
+        config_text = config_text_of(config) if config is not None else None
         if config_text is not None:
             from modelrepo.layout.config import parse_config
 
             parse_config(config_text, path="config=")
-        tree = self.store.tree(name)
-        published = self.store.versions_in(tree)
-        has_config = any(e["relpath"] == "config.pbtxt" for e in tree)
-        existing_config = self.store.read_config(name) if has_config else None
+        published, existing_config = self._model_state(name)
         log = None if not self.progress else print
         workspace = run_into_workspace(
             self.store,

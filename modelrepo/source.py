@@ -67,7 +67,7 @@ def _as_fs(
     return LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
 
 
-def _config_text(config: str | os.PathLike[str]) -> str:
+def config_text_of(config: str | os.PathLike[str]) -> str:
     """``config=`` accepts the text of a config.pbtxt or a path to one."""
     text = os.fspath(config)
     if "\n" not in text and (os.path.exists(text) or text.endswith(".pbtxt")):
@@ -121,6 +121,40 @@ def _inside(path: str, base: str) -> str:
     return real
 
 
+def validate_layout(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    model: str,
+    *,
+    config: str | None,
+    existing_config: str | None,
+    known_models: set[str],
+    display: str | None = None,
+) -> tuple[dict[int, str], str | None]:
+    """Validate a model folder, or one version's files, as Triton would see them published.
+
+    Returns the version folders (source number -> path; ``0`` for a bare version) and the
+    config text to publish (``None`` keeps the repository's own config.pbtxt).
+    """
+    if config is not None:
+        parse_config(config, path="config=")
+    if _is_model_folder(fs, path):
+        layout = validate_model_dir(
+            fs, path, name=model, repository_fs_names=known_models | {model}
+        )
+        version_dirs = {v: f"{path.rstrip('/')}/{v}" for v in sorted(layout.versions)}
+        return version_dirs, config or layout.config_text
+    text = config or existing_config
+    if text is None:
+        raise InputError(
+            f"{display or path} holds the files of one version but {model} has no config.pbtxt yet",
+            hint="pass config= (a config.pbtxt path or text), or push the whole model "
+            "folder (config.pbtxt + 1/...)",
+        )
+    validate_version_files(fs, path, parse_config(text))
+    return {0: path}, config
+
+
 def open_source(
     model: str,
     source: str | os.PathLike[str] | None,
@@ -145,26 +179,16 @@ def open_source(
             f"source {display} is a file, not a folder",
             hint="pass the model folder (config.pbtxt + version folders) or a version's folder",
         )
-    config_override = _config_text(config) if config is not None else None
-    if _is_model_folder(fs, path):
-        layout = validate_model_dir(
-            fs, path, name=model, repository_fs_names=known_models | {model}
-        )
-        config_text = config_override or layout.config_text
-        if config_override:
-            parse_config(config_override, path="config=")
-        version_dirs = {v: f"{path.rstrip('/')}/{v}" for v in sorted(layout.versions)}
-    else:
-        config_text = config_override or existing_config
-        if config_text is None:
-            raise InputError(
-                f"{display} holds the files of one version but {model} has no config.pbtxt yet",
-                hint="pass config= (a config.pbtxt path or text), or push the whole model "
-                "folder (config.pbtxt + 1/...)",
-            )
-        validate_version_files(fs, path, parse_config(config_text))
-        version_dirs = {0: path}
-        config_text = config_override  # None keeps the repository's config as it is
+    config_override = config_text_of(config) if config is not None else None
+    version_dirs, config_text = validate_layout(
+        fs,
+        path,
+        model,
+        config=config_override,
+        existing_config=existing_config,
+        known_models=known_models,
+        display=display,
+    )
     tmpdir = None
     if not isinstance(fs, LocalFileSystem):
         tmpdir = tempfile.mkdtemp(prefix="modelrepo-src-")
