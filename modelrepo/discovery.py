@@ -7,9 +7,12 @@ without a Service, the pods labelled ``app=<name>``).
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 from modelrepo.errors import ClusterError
+
+if TYPE_CHECKING:
+    from modelrepo.transport.api import KubeAPI
 
 DEFAULT_HTTP_PORT = 8000
 
@@ -25,17 +28,8 @@ def _http_port(ports: list[tuple[str | None, int]]) -> int:
     return numbers[0]
 
 
-def service_urls(
-    service: str,
-    *,
-    namespace: str | None = None,
-    kubeconfig: str | os.PathLike[str] | None = None,
-    context: str | None = None,
-) -> list[str]:
+def service_urls(service: str, api: KubeAPI) -> list[str]:
     """``host:port`` of every ready pod behind ``service`` (or labelled ``app=<service>``)."""
-    from modelrepo.transport.api import connect
-
-    api = connect(kubeconfig, context, namespace)
     ns = api.namespace
     try:
         endpoints = api.call(

@@ -27,6 +27,7 @@ from modelrepo.source import LocalFile, Source, open_source
 from modelrepo.store import FileEntry, Manifest, RepositoryStore, _mtime, check_model_name
 
 if TYPE_CHECKING:
+    from modelrepo.transport.api import KubeAPI
     from modelrepo.triton.control import LoadResult, StatusTable, TritonReplicas
     from modelrepo.triton.rps import RPSReport
     from modelrepo.widgets import ModelRepoPanel
@@ -171,6 +172,7 @@ class ModelRepo:
         self.workers = workers
         self.timeout = timeout
         self._hashes = HashCache()
+        self._kube_api: KubeAPI | None = None
 
     @classmethod
     def from_url(
@@ -442,10 +444,10 @@ class ModelRepo:
             )
 
     # -- in-cluster routes (seed Options A, B, C) -------------------------------------------
-    def _kube(self) -> Any:
+    def _kube(self) -> KubeAPI:
         from modelrepo.transport.api import connect
 
-        if getattr(self, "_kube_api", None) is None:
+        if self._kube_api is None:
             self._kube_api = connect(self.kubeconfig, self.context, self.namespace)
         return self._kube_api
 
@@ -687,12 +689,7 @@ class ModelRepo:
                 return [self.triton]
             from modelrepo.discovery import service_urls
 
-            return service_urls(
-                self.triton,
-                namespace=self.namespace,
-                kubeconfig=self.kubeconfig,
-                context=self.context,
-            )
+            return service_urls(self.triton, self._kube())
         return list(self.triton)
 
     def replicas(self) -> TritonReplicas:
@@ -805,6 +802,9 @@ class ModelRepo:
         closer = getattr(self.fs, "close", None)
         if callable(closer):
             closer()
+        if self._kube_api is not None:
+            self._kube_api.close()
+            self._kube_api = None
 
     def __enter__(self) -> ModelRepo:
         return self
