@@ -41,10 +41,15 @@ def _repo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument("--context", help="kubeconfig context")
     where.add_argument(
-        "--root", default="", help="folder inside the claim holding the model repository"
+        "--root",
+        default="",
+        help="folder inside the claim holding the model repository (default: the claim's top)",
     )
     where.add_argument(
-        "--triton", action="append", help="Triton replica URL (repeatable) or Service name"
+        "--triton",
+        action="append",
+        help="Triton: a Service name (every pod behind it is addressed) or a replica's "
+        "host:port (repeatable); needed by load, unload, status and --load",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -219,6 +224,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_rps(args: argparse.Namespace) -> int:
     from modelrepo.triton.rps.cli import run_rps_command
 
+    if any(":" not in target for target in args.url):
+        # A Service name: measure every pod behind it, as repo.measure_rps does.
+        from modelrepo.discovery import service_urls
+        from modelrepo.transport.api import connect
+
+        api = connect(args.kubeconfig, args.context, args.namespace)
+        try:
+            args.url = [
+                url
+                for target in args.url
+                for url in ([target] if ":" in target else service_urls(target, api))
+            ]
+        finally:
+            api.close()
     return run_rps_command(args)
 
 
@@ -232,16 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="publish a model folder as the next version")
     _repo_arguments(p)
-    p.add_argument("model")
+    p.add_argument("model", help="the model's name (its folder in the repository)")
     p.add_argument(
         "source", nargs="?", help="local folder or fsspec URL (default: ./model_repository/MODEL)"
     )
     p.add_argument(
         "--version", type=int, help="publish as this version number (refused if it exists)"
     )
-    p.add_argument("--config", help="config.pbtxt to use (path)")
     p.add_argument(
-        "--keep-versions", action="store_true", help="keep the source's own version numbers"
+        "--config",
+        help="a config.pbtxt file to publish with the model, replacing the model's "
+        "(default: the source's own, else the repository's)",
+    )
+    p.add_argument(
+        "--keep-versions",
+        action="store_true",
+        help="publish every version folder of the source under its own number "
+        "(default: only the newest, as the next version)",
     )
     p.add_argument("--load", action="store_true", help="load on every Triton replica afterwards")
     job = p.add_argument_group("in-cluster sync (--via job, seed Option A)")
@@ -259,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build a model in a Kubernetes Job and publish the output")
     _repo_arguments(p)
-    p.add_argument("model")
+    p.add_argument("model", help="the model's name (its folder in the repository)")
     p.add_argument("--image", required=True, help="the build image (e.g. a TensorRT-LLM image)")
     p.add_argument(
         "--command",
@@ -272,11 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FOLDER",
         help="a claim folder mounted read-only at /inputs/NAME (repeatable)",
     )
-    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="environment variable")
-    p.add_argument("--version", type=int, help="publish as this version number")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="build environment variable (repeatable)",
+    )
+    p.add_argument(
+        "--version", type=int, help="publish as this version number (refused if it exists)"
+    )
     p.add_argument("--config", help="config.pbtxt to use when the build writes one version's files")
     p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu limit (default: 0)")
-    p.add_argument("--timeout", type=float, help="seconds to wait for the Job")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for the Job (default: until it ends; its own deadline is 6 h)",
+    )
     p.add_argument("--load", action="store_true", help="load on every Triton replica afterwards")
     p.set_defaults(func=_cmd_build)
 
@@ -289,10 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pvc: Triton mounts the claim (explicit model control); init-sync: an init "
         "container syncs S3 into an emptyDir on every pod start (seed Option C)",
     )
-    p.add_argument("--name", default="triton", help="Deployment and Service name")
+    p.add_argument(
+        "--name", default="triton", help="Deployment and Service name (default: %(default)s)"
+    )
     p.add_argument("--replicas", type=int, default=1, help="Triton replicas (default: 1)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default: 0)")
-    p.add_argument("--image", help="Triton image")
+    p.add_argument("--image", help="Triton image (default: modelrepo.jobs.DEFAULT_TRITON_IMAGE)")
     p.add_argument("--s3-source", help="init-sync: s3://bucket/prefix of the model repository")
     p.add_argument("--secret", help="init-sync: Secret with the AWS keys")
     p.add_argument("--endpoint-url", help="init-sync: S3-compatible endpoint")
@@ -306,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("versions", help="list a model's published versions")
     _repo_arguments(p)
-    p.add_argument("model")
+    p.add_argument("model", help="the model's name")
     p.add_argument(
         "-l", "--detail", action="store_true", help="size, files and date of each version"
     )
@@ -314,30 +353,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("load", help="load a model on every Triton replica")
     _repo_arguments(p)
-    p.add_argument("model")
-    p.add_argument("--version", type=int, help="pin this version")
+    p.add_argument("model", help="the model's name")
+    p.add_argument(
+        "--version",
+        type=int,
+        help="serve only this version (default: what config.pbtxt's version policy says, "
+        "usually the newest)",
+    )
     p.set_defaults(func=_cmd_load)
 
     p = sub.add_parser("unload", help="unload a model from every Triton replica")
     _repo_arguments(p)
-    p.add_argument("model")
+    p.add_argument("model", help="the model's name")
     p.set_defaults(func=_cmd_unload)
 
     p = sub.add_parser("status", help="model states on every Triton replica")
     _repo_arguments(p)
-    p.add_argument("model", nargs="?")
+    p.add_argument("model", nargs="?", help="only this model (default: every model)")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "cleanup", help="remove leftovers of interrupted pushes and stale helper pods"
     )
     _repo_arguments(p)
-    p.add_argument("model", nargs="?")
+    p.add_argument("model", nargs="?", help="only this model (default: every model)")
     p.add_argument(
         "--older-than",
         type=float,
         default=3600.0,
-        help="only staging folders older than this many seconds (default: %(default)s)",
+        help="remove staging folders and version reservations older than this many seconds, "
+        "so pushes in flight are spared (default: %(default)s); stale helper pods of the "
+        "claim go whatever their age",
     )
     p.set_defaults(func=_cmd_cleanup)
 
@@ -345,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     from modelrepo.triton.rps.cli import add_rps_arguments
 
     add_rps_arguments(p)
+    cluster = p.add_argument_group("finding the pods of a Triton Service (--triton NAME)")
+    cluster.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    cluster.add_argument("--kubeconfig", help="kubeconfig file")
+    cluster.add_argument("--context", help="kubeconfig context")
     p.set_defaults(func=_cmd_rps)
 
     p = sub.add_parser(
@@ -366,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `modelrepo ls --json | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except (InputError, LayoutError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

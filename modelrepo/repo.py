@@ -24,7 +24,14 @@ from modelrepo.hashing import HashCache
 from modelrepo.incluster import claim_path as claim_relative
 from modelrepo.progress import BytesProgress
 from modelrepo.source import LocalFile, Source, open_source
-from modelrepo.store import FileEntry, Manifest, RepositoryStore, _mtime, check_model_name
+from modelrepo.store import (
+    STALE_STAGING_SECONDS,
+    FileEntry,
+    Manifest,
+    RepositoryStore,
+    _mtime,
+    check_model_name,
+)
 
 if TYPE_CHECKING:
     from modelrepo.transport.api import KubeAPI
@@ -150,7 +157,8 @@ class ModelRepo:
         workers: int = 4,
         timeout: float = 600.0,
     ) -> None:
-        self.pvc: str | None = pvc
+        # A given filesystem decides which claim this is (None: not a PVC).
+        self.pvc: str | None = pvc if fs is None else getattr(fs, "claim", None)
         self.kubeconfig = os.fspath(kubeconfig) if kubeconfig is not None else None
         self.context = context
         if fs is None:
@@ -230,7 +238,13 @@ class ModelRepo:
         out = VersionList()
         for v in versions:
             prefix = f"{v}/"
-            files = [e for e in tree if e["relpath"].startswith(prefix) and e["type"] == "file"]
+            files = [
+                e
+                for e in tree
+                if e["relpath"].startswith(prefix)
+                and e["type"] == "file"
+                and "/__pycache__/" not in e["relpath"]  # written by Triton's python backend
+            ]
             folder = next(e for e in tree if e["relpath"] == str(v))
             times = [t for t in (_mtime(e) for e in [folder, *files]) if t is not None]
             out.append(
@@ -316,8 +330,21 @@ class ModelRepo:
             result.bytes_skipped = sum(r.bytes_skipped for r in results)
         result.seconds = time.perf_counter() - started
         if load:
-            result.loaded = self.load(name)
+            self._load_published(result)
         return result
+
+    def _load_published(self, result: PushResult) -> None:
+        """``push(load=True)``: load, and if that fails still say which version was published."""
+        try:
+            result.loaded = self.load(result.model)
+        except TritonError as exc:
+            error = TritonError(
+                f"{result.model} version {result.version} was published, but loading it "
+                f"failed: {exc.message}",
+                hint=exc.hint or f"fix the model, push again, then repo.load({result.model!r})",
+            )
+            error.push_result = result  # type: ignore[attr-defined]
+            raise error from exc
 
     def _model_state(self, name: str) -> tuple[list[int], str | None]:
         """Published versions and config.pbtxt text of ``name`` (one listing, one read)."""
@@ -451,6 +478,13 @@ class ModelRepo:
             self._kube_api = connect(self.kubeconfig, self.context, self.namespace)
         return self._kube_api
 
+    def _context_namespace(self) -> str:
+        """The kubeconfig context's namespace, or "default" without a usable kubeconfig."""
+        try:
+            return self._kube().namespace
+        except ModelRepoError:
+            return "default"
+
     def _require_claim(self, what: str) -> str:
         if not self.pvc or not hasattr(self.fs, "claim"):
             raise InputError(
@@ -499,7 +533,7 @@ class ModelRepo:
             started=started,
         )
         if load:
-            result.loaded = self.load(name)
+            self._load_published(result)
         return result
 
     def _push_via_job(
@@ -620,7 +654,7 @@ class ModelRepo:
         """
         from modelrepo.jobs import rbac_manifests, triton_manifests, write_yaml
 
-        namespace = self.namespace or "default"
+        namespace = self.namespace or self._context_namespace()
         docs = triton_manifests(
             name, claim=self.pvc, namespace=namespace, mode=mode, root=self.root, **options
         )
@@ -655,8 +689,14 @@ class ModelRepo:
             removed.append(v)
         return removed
 
-    def cleanup(self, name: str | None = None, *, older_than: float = 0.0) -> list[str]:
-        """Remove staging folders and reservations left behind by interrupted pushes."""
+    def cleanup(
+        self, name: str | None = None, *, older_than: float = STALE_STAGING_SECONDS
+    ) -> list[str]:
+        """Remove staging folders and reservations left behind by interrupted pushes.
+
+        Only leftovers older than ``older_than`` seconds go (default 6 h), so pushes still
+        running in other notebooks are safe; ``older_than=0`` removes every leftover.
+        """
         names = [name] if name else self.list_models()
         removed = []
         for model in names:
@@ -693,6 +733,7 @@ class ModelRepo:
         return list(self.triton)
 
     def replicas(self) -> TritonReplicas:
+        """A client of every Triton replica (a Service name is resolved again on each call)."""
         from modelrepo.triton.control import TritonReplicas
 
         return TritonReplicas(self.triton_urls())

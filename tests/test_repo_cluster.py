@@ -193,3 +193,20 @@ def test_demo_command_exits_zero():
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "Loaded on every replica" in proc.stdout
     assert "requests/s" in proc.stdout
+
+
+def test_cleanup_right_after_a_push_keeps_the_repository_usable(repo: ModelRepo, tmp_path: Path):
+    source = model_source(tmp_path, "after_cleanup")
+    repo.push("after_cleanup", source=source)
+    assert repo.cleanup("after_cleanup") == []  # nothing stale: in-flight pushes are safe
+    repo.cleanup("after_cleanup", older_than=0)
+    assert repo.push("after_cleanup", source=source).version == 2
+    assert repo.list_versions("after_cleanup") == [1, 2]
+
+
+def test_empty_folder_lists_as_empty_after_its_parent_was_listed(repo: ModelRepo):
+    fs = repo.fs
+    fs.makedirs("/listing_probe/empty", exist_ok=True)
+    fs.ls("/listing_probe")  # caches the parent's listing
+    assert fs.ls("/listing_probe/empty", detail=False) == []
+    fs.rm("/listing_probe", recursive=True)

@@ -33,6 +33,7 @@ from modelrepo.errors import TransferError
 from modelrepo.fs import _shell as sh
 from modelrepo.fs import _transfer as tx
 from modelrepo.fs._shell import PVCPathError
+from modelrepo.transport.api import RetryPolicy
 from modelrepo.transport.exec import PROTOCOLS, ExecResult, ExecStreamDropped, StdinSource
 from modelrepo.transport.helper import MOUNT_PATH, HelperOptions, HelperPod, get_helper
 
@@ -55,6 +56,8 @@ class PVCFileSystem(AbstractFileSystem):
     Transfers: ``chunk_size`` (bytes per verified chunk), ``streams`` (parallel exec
     sessions), ``small_file_limit`` (files up to this size go in tar batches / one exec).
     ``exec_protocols``: the exec sub-protocols offered (tests use ``("v4.channel.k8s.io",)``).
+    ``retry``: how API calls are retried and timed out (a
+    :class:`~modelrepo.transport.api.RetryPolicy`; shorter timeouts for a flaky link).
     """
 
     protocol = "pvc"
@@ -77,6 +80,7 @@ class PVCFileSystem(AbstractFileSystem):
         small_file_limit: int = 8 * MiB,
         batch_bytes: int = 32 * MiB,
         exec_protocols: Iterable[str] = PROTOCOLS,
+        retry: RetryPolicy | None = None,
         **storage_options: Any,
     ) -> None:
         storage_options.setdefault("listings_expiry_time", 5)
@@ -102,6 +106,7 @@ class PVCFileSystem(AbstractFileSystem):
         self.small_file_limit = int(small_file_limit)
         self.batch_bytes = int(batch_bytes)
         self.exec_protocols = tuple(exec_protocols)
+        self.retry = retry
         self._api: Any = None
         self._helper: HelperPod | None = None
         self._lock = threading.Lock()
@@ -119,7 +124,9 @@ class PVCFileSystem(AbstractFileSystem):
                 from modelrepo.transport.api import connect
 
                 if self._api is None:
-                    self._api = connect(self.kubeconfig, self.context, self.namespace)
+                    self._api = connect(
+                        self.kubeconfig, self.context, self.namespace, retry=self.retry
+                    )
                 self._helper = get_helper(
                     self._api,
                     self.claim,
@@ -273,7 +280,11 @@ class PVCFileSystem(AbstractFileSystem):
 
     def _cached_listing(self, path: str) -> list[dict[str, Any]] | None:
         try:
-            return self._ls_from_cache(path)
+            listing = self._ls_from_cache(path)
+            # fsspec answers from the parent's listing with the entry itself: right for a
+            # file, but a folder's contents are not known yet.
+            itself = listing is not None and len(listing) == 1 and listing[0]["name"] == path
+            return None if itself and listing[0]["type"] == "directory" else listing
         except FileNotFoundError:
             raise
         except Exception:  # pragma: no cover - a cache problem is never fatal

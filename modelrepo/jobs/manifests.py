@@ -684,8 +684,9 @@ def _pvc(
 
 # --------------------------------------------------------------------------- RBAC
 
-#: What modelrepo calls, and nothing more: the helper pod (create, exec, logs, delete),
-#: the claim (get/list), the Jobs of options A and B, and Triton's pods behind a Service.
+#: What modelrepo needs: the helper pod (create, exec, delete), a Job's pod logs, the claim,
+#: the Jobs of options A and B, and Triton's pods behind a Service, plus a few read verbs
+#: for the people who use it (the docs' RBAC page says which verb serves what).
 RBAC_RULES: tuple[Manifest, ...] = (
     {
         "apiGroups": [""],

@@ -11,7 +11,7 @@ import math
 import sys
 from typing import Any
 
-from modelrepo.errors import ModelRepoError
+from modelrepo.errors import InputError, ModelRepoError
 from modelrepo.triton.rps.engine import RPSProgress, measure_rps
 
 
@@ -43,10 +43,13 @@ def add_rps_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``rps`` command's arguments to ``parser``."""
     parser.add_argument("model", help="model name as Triton knows it")
     parser.add_argument(
+        "--triton",
         "--url",
+        dest="url",
         action="append",
         required=True,
-        help="Triton HTTP endpoint host:port; repeat for several replicas (round-robin)",
+        help="Triton HTTP endpoint host:port, repeatable (requests go round-robin); "
+        "in `modelrepo rps`, also the name of the Triton Service (every pod is addressed)",
     )
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
@@ -61,10 +64,17 @@ def add_rps_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="open loop: requests per second, e.g. 100,500 (instead of --concurrency)",
     )
-    parser.add_argument("--distribution", choices=("constant", "poisson"), default="constant")
+    parser.add_argument(
+        "--distribution",
+        choices=("constant", "poisson"),
+        default="constant",
+        help="open loop: request arrival times (default: constant)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="measured s per step")
     parser.add_argument("--warmup", type=float, default=2.0, help="discarded s per step")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="inferences per request (default: 1)"
+    )
     parser.add_argument("--version", default=None, help="model version (default: Triton's)")
     parser.add_argument(
         "--shape",
@@ -73,14 +83,24 @@ def add_rps_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="NAME:D1,D2 for an input with -1 dims (repeatable)",
     )
-    parser.add_argument("--data", choices=("random", "zeros"), default="random")
+    parser.add_argument(
+        "--data",
+        choices=("random", "zeros"),
+        default="random",
+        help="input tensor contents (default: random)",
+    )
     parser.add_argument(
         "--stability",
         type=float,
         default=0.1,
         help="windows must agree within this fraction (default 0.1)",
     )
-    parser.add_argument("--max-windows", type=int, default=10)
+    parser.add_argument(
+        "--max-windows",
+        type=int,
+        default=10,
+        help="give up waiting for stability after this many windows (default: 10)",
+    )
     parser.add_argument(
         "--validate", action="store_true", help="check every response has non-empty outputs"
     )
@@ -100,7 +120,8 @@ def _print_progress(event: RPSProgress) -> None:
 
 
 def run_rps_command(args: argparse.Namespace) -> int:
-    """Run the sweep ``args`` describe; 0 on success, 1 on a refused run, 130 if interrupted."""
+    """Run the sweep ``args`` describe: 0 on success, 2 on bad input, 1 on a refused run,
+    130 if interrupted."""
     try:
         report = measure_rps(
             args.url,
@@ -121,7 +142,7 @@ def run_rps_command(args: argparse.Namespace) -> int:
         )
     except ModelRepoError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, InputError) else 1
     if args.output:
         report.to_json(args.output)
     print(report.to_json() if args.json else repr(report))
