@@ -8,6 +8,7 @@ Service whose pods are each addressed (every replica keeps its own model state).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import time
@@ -408,6 +409,7 @@ class ModelRepo:
         to_send = [f for f in files if digests[f.abspath] not in known]
         version = self.store.reserve_version(name, target, published)
         staging = None
+        done = False
         try:
             staging = self.store.new_staging(name)
             self._link(known, digests, to_link, staging)
@@ -422,11 +424,17 @@ class ModelRepo:
                 {f.relpath: FileEntry(f.relpath, f.size, digests[f.abspath]) for f in files},
             )
             path = self.store.publish(name, version, staging, manifest)
-            staging = None
+            done = True
         finally:
-            if staging is not None:
-                self.store._rm_quiet(staging, recursive=True)
-                self.store.release_version(name, version)
+            if not done:
+                # Failed or interrupted (Ctrl-C): drop the half-made staging folder and the
+                # reservation. A failure here must not hide the original error: anything
+                # left is reaped by repo.cleanup() / `modelrepo cleanup`.
+                if staging is not None:
+                    with contextlib.suppress(Exception):
+                        self.store._rm_quiet(staging, recursive=True)
+                with contextlib.suppress(Exception):
+                    self.store.release_version(name, version)
         published.append(version)
         return PushResult(
             model=name,

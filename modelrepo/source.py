@@ -89,9 +89,14 @@ def _is_model_folder(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     )
 
 
-def _local_files(root: str) -> list[LocalFile]:
-    """Files of one local version folder; refuses symlinks that lead out of it."""
-    base = os.path.realpath(root)
+def _local_files(root: str, within: str | None = None) -> list[LocalFile]:
+    """Files of one local version folder; refuses symlinks that lead out of ``within``.
+
+    ``within`` is the source folder the user named (default: ``root`` itself), so a
+    version folder that is itself a link out of the model folder is refused too.
+    """
+    base = os.path.realpath(within or root)
+    _inside(root, base)
     out: list[LocalFile] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -107,7 +112,14 @@ def _local_files(root: str) -> list[LocalFile]:
             full = os.path.join(dirpath, name)
             _inside(full, base)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            out.append(LocalFile(rel, full, os.path.getsize(full)))
+            try:
+                size = os.path.getsize(full)
+            except OSError as exc:  # a dangling link, a file removed meanwhile
+                raise InputError(
+                    f"cannot read {full}: {exc.strerror}",
+                    hint="fix or remove the broken link or file, then push again",
+                ) from None
+            out.append(LocalFile(rel, full, size))
     return sorted(out, key=lambda f: f.relpath)
 
 
@@ -179,6 +191,10 @@ def open_source(
             f"source {display} is a file, not a folder",
             hint="pass the model folder (config.pbtxt + version folders) or a version's folder",
         )
+    if isinstance(fs, LocalFileSystem):
+        # The config is read from the source too: a link out of it is refused (before it
+        # is read) like a version file's.
+        _inside(os.path.join(path, "config.pbtxt"), os.path.realpath(path))
     config_override = config_text_of(config) if config is not None else None
     version_dirs, config_text = validate_layout(
         fs,
@@ -195,5 +211,6 @@ def open_source(
         for v, vpath in version_dirs.items():
             fs.get(vpath.rstrip("/") + "/", os.path.join(tmpdir, str(v)) + "/", recursive=True)
         version_dirs = {v: os.path.join(tmpdir, str(v)) for v in version_dirs}
-    versions = {v: _local_files(d) for v, d in version_dirs.items()}
+    within = path if tmpdir is None else None
+    versions = {v: _local_files(d, within) for v, d in version_dirs.items()}
     return Source(model, display, config_text, versions, tmpdir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import posixpath
 import re
 import time
@@ -33,6 +34,8 @@ META_DIR = ".modelrepo"
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 STALE_STAGING_SECONDS = 6 * 3600
+#: Triton reads version folder names as int64.
+MAX_VERSION = 2**63 - 1
 
 
 def check_model_name(name: str) -> str:
@@ -166,20 +169,25 @@ class RepositoryStore:
         Two pushes racing for the same number both try ``mkdir reserved/<N>``; the loser
         moves on to N+1, so concurrent notebooks get distinct versions.
         """
-        self.fs.makedirs(self.meta_path(model, "reserved"), exist_ok=True)
         published = set(taken)
         if version is not None:
-            if version < 1:
+            # Checked before anything is created: a refused push leaves the claim untouched.
+            number = _as_int(version)
+            if number is None or not 1 <= number <= MAX_VERSION:
                 raise InputError(
-                    f"version must be a positive integer, got {version}",
-                    hint="Triton ignores version folders that are 0 or not a number",
+                    f"version must be an integer from 1 to {MAX_VERSION}, got {version!r}",
+                    hint="Triton ignores version folders that are 0 or not a number, and "
+                    "reads version numbers as 64-bit integers",
                 )
+            version = number
             if version in published:
                 raise VersionExistsError(
                     f"{model} version {version} already exists",
                     hint=f"leave version= unset to publish as the next version, or "
                     f"delete it first with repo.delete_version({model!r}, {version})",
                 )
+        self.fs.makedirs(self.meta_path(model, "reserved"), exist_ok=True)
+        if version is not None:
             try:
                 self._mkdir_exclusive(self.meta_path(model, "reserved", str(version)))
             except FileExistsError:
@@ -197,11 +205,18 @@ class RepositoryStore:
         for _ in range(1000):
             try:
                 self._mkdir_exclusive(self.meta_path(model, "reserved", str(candidate)))
+            except FileExistsError:
+                candidate += 1
+                continue
+            try:
                 if not self.fs.exists(self.version_path(model, candidate)):
                     return candidate
-                self.release_version(model, candidate)
-            except FileExistsError:
-                pass
+            except BaseException:
+                # Interrupted (Ctrl-C) or failed while checking: give the number back.
+                with contextlib.suppress(Exception):
+                    self.release_version(model, candidate)
+                raise
+            self.release_version(model, candidate)
             candidate += 1
         raise ModelRepoError(f"could not reserve a version number for {model}")
 
@@ -295,6 +310,14 @@ def _mtime(info: dict, default: float | None = None) -> float | None:
         except (TypeError, ValueError):
             continue
     return default
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int if it is one (numpy integers too), else None."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _staging_started(base: str) -> float | None:

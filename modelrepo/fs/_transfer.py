@@ -1,18 +1,23 @@
 """Verified transfers between this machine and the claim.
 
 Large files move in chunks (``chunk_size``, default 64 MiB) over ``streams`` parallel exec
-sessions. Each chunk is written at its offset of a hidden part file next to the target and
-read back and hashed by the helper pod (busybox ``sha256sum``); the local side hashes the
-same bytes with hashlib while sending. A chunk whose stream drops or whose hash differs is
-sent again; a verified chunk never is, and a part file left by an interrupted run is reused
-(its chunks are hashed, matching ones kept). The part file becomes the target with one
-rename, so a half-written file never appears under the target's name.
+sessions shared by all the files of a call. Each chunk is written at its offset of a hidden
+part file next to the target; a chunk whose stream drops is sent again at once. Then the
+file is verified by sha256 on both sides: the helper pod hashes it in a few ranges in
+parallel (:func:`hash_ranges`; busybox ``sha256sum`` reads 4 KiB at a time, so the last
+range is read straight from the file and only the others go through a pipe, which costs
+about a third more CPU), and a local thread hashes the same ranges of the source while the
+chunks go out. A range whose digests differ is checked chunk by chunk and only its bad
+chunks are sent again, each verified as it lands. A part file left by an interrupted run is
+reused: its chunks are not sent again, and are verified with the rest. One exec then renames
+every part file onto its target, so a half-written file never appears under its name.
 
-Downloads mirror this: each chunk is streamed into a local part file while the helper pod
-hashes the same range in a second, concurrent session.
+Downloads mirror this: chunks stream in parallel into local part files while the helper
+pod hashes the file's ranges and a local thread hashes the same ranges as chunks land.
 
-Trees of small files travel as tar streams (one exec per batch, not one per file), are
-hashed in the same exec, and are moved into place by one ``mv`` per folder.
+Files that fit in one chunk, and trees of small files, travel as tar streams (one exec per
+batch, not one per file); the pod hashes the unpacked files in the same exec (reading the
+files themselves) and, for ``atomic`` puts, one ``mv`` per folder moves them into place.
 
 Every command that reads stdin reads an exact byte count (``dd count=N``), so all of this
 works on ``v4.channel.k8s.io`` servers, which cannot signal the end of stdin.
@@ -124,16 +129,23 @@ class _Source:
         self.data = memoryview(data) if data is not None else None
         self.base = base  # the file offset of data[0]
 
+    def size(self) -> int:
+        if self.lpath is not None:
+            return os.path.getsize(self.lpath)
+        return len(self.data or b"")
+
     def pieces(
         self, offset: int, length: int, digest: Any, progress: Callable[[int], None]
     ) -> Iterator[bytes]:
+        """The bytes [offset, offset+length) in pieces, fed to ``digest`` unless it is None."""
         if self.data is not None:
             first, last = offset - self.base, offset - self.base + length
             if first < 0 or last > len(self.data):
                 raise ValueError(f"bytes {offset}..{offset + length} are not in this buffer")
             for start in range(first, last, PIECE):
                 piece = self.data[start : min(start + PIECE, last)]
-                digest.update(piece)
+                if digest is not None:
+                    digest.update(piece)
                 progress(len(piece))
                 yield bytes(piece)
             return
@@ -148,7 +160,8 @@ class _Source:
                         f"{self.lpath} shrank while it was being uploaded",
                         hint="do not modify files while they are being pushed; run it again",
                     )
-                digest.update(piece)
+                if digest is not None:
+                    digest.update(piece)
                 progress(len(piece))
                 remaining -= len(piece)
                 yield piece
@@ -160,6 +173,28 @@ class _Source:
         return h.hexdigest()
 
 
+def hash_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+    """How the helper pod verifies a file: (offset, length) ranges hashed in parallel.
+
+    The last range is hashed straight from the file (see :data:`_shell.HASH_RANGE`), the
+    other through a pipe, which costs busybox ``sha256sum`` about a third more CPU: it gets
+    the smaller share (40%, whole chunks). A file of one chunk is one range.
+    """
+    chunks = -(-size // chunk)
+    if chunks < 2:
+        return [(0, size)]
+    front = max(1, round(chunks * 0.4)) * chunk
+    return [(0, front), (front, size - front)]
+
+
+def _pod_digest(fs: PVCFileSystem, path: str, offset: int, length: int, size: int) -> str:
+    """sha256 of bytes [offset, offset+length) of a file on the claim (to its end if last)."""
+    to_end = offset + length >= size
+    res = fs._sh(sh.HASH_RANGE, path, str(offset), "" if to_end else str(length))
+    sh.raise_for(res, fs._name(path), "hash")
+    return sh.first_digest(res.stdout)
+
+
 def upload(
     fs: PVCFileSystem,
     remote: str,
@@ -169,86 +204,161 @@ def upload(
     mode: str = "overwrite",
     progress: Progress | None = None,
 ) -> TransferStats:
-    """Upload a local file (or bytes) to ``remote`` in verified chunks; see module doc."""
-    source = _Source(lpath, data)
-    size = os.path.getsize(lpath) if lpath is not None else len(source.data or b"")
-    stats = TransferStats(files=1, bytes=size)
+    """Upload a local file (or bytes) to ``remote``; see :func:`upload_many`."""
+    return upload_many(fs, [(_Source(lpath, data), remote)], mode=mode, progress=progress)
+
+
+def upload_files(
+    fs: PVCFileSystem,
+    pairs: list[tuple[str, str]],
+    *,
+    mode: str = "overwrite",
+    progress: Progress | None = None,
+) -> TransferStats:
+    """Upload (local path, remote path) pairs; see :func:`upload_many`."""
+    return upload_many(
+        fs, [(_Source(lpath), remote) for lpath, remote in pairs], mode=mode, progress=progress
+    )
+
+
+@dataclass
+class _Upload:
+    source: _Source
+    remote: str
+    size: int
+    part: str
+
+    def length_at(self, offset: int, chunk: int) -> int:
+        return min(chunk, self.size - offset)
+
+
+def upload_many(
+    fs: PVCFileSystem,
+    items: list[tuple[_Source, str]],
+    *,
+    mode: str = "overwrite",
+    progress: Progress | None = None,
+) -> TransferStats:
+    """Upload sources to remote paths in chunks, then verify each file by sha256 ranges.
+
+    One exec prepares every file's hidden part file. The chunks of all files share
+    ``fs.streams`` sessions, each written at its offset (a dropped one is sent again at
+    once). Meanwhile a local thread hashes the sources' :func:`hash_ranges`; once the bytes
+    are on the claim, the helper pod hashes the same ranges in parallel. A range whose
+    digests differ is checked chunk by chunk (range hash per chunk) and only the bad chunks
+    are sent again, each verified as it lands. The chunks of a part file left by an
+    interrupted run are not sent again; they are verified with the rest. Finally one exec
+    renames every part file onto its target, so no half-written file appears by name.
+    """
     started = time.monotonic()
     progress = progress or Progress(None)
-    part = _part_name(remote, part_key(remote, lpath, size))
-    res = fs._sh(sh.BEGIN_PARTS, remote, part, mode)
-    sh.raise_for(res, fs._name(remote), "upload to")
-    existing = int(sh.decode(res.stdout).strip() or 0)
     chunk = fs.chunk_size
-    offsets = list(range(0, size, chunk)) or [0]
-    stats.chunks = len(offsets)
+    uploads = []
+    for source, remote in items:
+        size = source.size()
+        uploads.append(
+            _Upload(source, remote, size, _part_name(remote, part_key(remote, source.lpath, size)))
+        )
+    stats = TransferStats(files=len(uploads), bytes=sum(u.size for u in uploads))
+    if not uploads:
+        return stats
+    res = fs._sh(sh.BEGIN_MANY, mode, *[w for u in uploads for w in (u.remote, u.part)])
+    sh.raise_for(res, fs._name(uploads[0].remote), "upload to")
+    tasks: list[tuple[_Upload, int]] = []
+    for u, existing in zip(uploads, sh.decode(res.stdout).split(), strict=True):
+        offsets = list(range(0, u.size, chunk))
+        stats.chunks += len(offsets) or 1
+        kept = {o for o in offsets if o + u.length_at(o, chunk) <= int(existing)}
+        if kept:
+            log.info("resuming %s: %d chunk(s) already written", u.part, len(kept))
+            stats.add(chunks_reused=len(kept))
+            progress.update(sum(u.length_at(o, chunk) for o in kept))
+        tasks += [(u, o) for o in offsets if o not in kept]
 
-    def length_at(offset: int) -> int:
-        return min(chunk, size - offset)
+    def ours() -> list[list[str]]:
+        return [[u.source.digest(o, n) for o, n in hash_ranges(u.size, chunk)] for u in uploads]
 
-    todo = offsets
-    if existing > 0 and size > 0:
-        todo = _resume(fs, source, part, offsets, length_at, existing, stats, progress)
+    def send(task: tuple[_Upload, int]) -> None:
+        u, offset = task
+        length = u.length_at(offset, chunk)
+        _send_chunk(fs, u.source, u.part, offset, length, stats, progress, verify=False)
 
-    def send(offset: int) -> None:
-        _send_chunk(fs, source, part, offset, length_at(offset), stats, progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelrepo-hash") as side:
+        local = side.submit(ours)
+        _run_parallel(send, tasks, fs.streams)
+        digests = local.result()
+    jobs = [(u, o, n) for u in uploads for o, n in hash_ranges(u.size, chunk)]
+    theirs: dict[tuple[str, int], str] = {}
 
-    if size > 0:
-        _run_parallel(send, todo, fs.streams)
-    finish(fs, remote, part, mode, size)
+    def verify(job: tuple[_Upload, int, int]) -> None:
+        u, o, n = job
+        theirs[(u.part, o)] = _pod_digest(fs, u.part, o, n, u.size)
+
+    _run_parallel(verify, jobs, fs.streams)
+    for u, local_digests in zip(uploads, digests, strict=True):
+        for (o, n), digest in zip(hash_ranges(u.size, chunk), local_digests, strict=True):
+            if theirs[(u.part, o)] != digest:
+                _mend(fs, u, o, n, stats, progress)
+    finish_many(fs, [(u.remote, u.part, u.size) for u in uploads], mode)
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def finish(fs: PVCFileSystem, remote: str, part: str, mode: str, size: int) -> None:
-    """Rename the verified part file onto the target, surviving a dropped stream."""
-    for _ in range(3):
-        try:
-            res = fs._sh(sh.FINISH_PARTS, remote, part, mode, str(size), attempts=1)
-        except ExecStreamDropped:
-            # Done already if the part is gone and the target has the right size.
-            check = fs._sh(sh.INFO, part)
-            if check.exit_code == 2:
-                info = fs._sh(sh.INFO, remote)
-                entries = sh.parse_entries(info.stdout) if info.exit_code == 0 else []
-                if entries and entries[0].size == size:
-                    return
-            continue
-        sh.raise_for(res, fs._name(remote), "upload to")
-        return
-    raise TransferError(
-        f"could not finish the upload of {fs._name(remote)}",
-        hint="the connection to the cluster keeps failing; run the upload again (verified "
-        "chunks are kept)",
+def _mend(
+    fs: PVCFileSystem,
+    u: _Upload,
+    offset: int,
+    length: int,
+    stats: TransferStats,
+    progress: Progress,
+) -> None:
+    """A range of a part file failed verification: resend its bad chunks, each verified."""
+    chunk = fs.chunk_size
+    offsets = list(range(offset, offset + length, chunk))
+    res = fs._sh(sh.RANGES_SHA256, u.part, str(chunk), *map(str, offsets))
+    sh.raise_for(res, fs._name(u.part), "hash")
+    theirs = [line.split(" ", 1)[0] for line in sh.decode(res.stdout).splitlines()]
+    bad = [
+        o
+        for i, o in enumerate(offsets)
+        if i >= len(theirs) or theirs[i] != u.source.digest(o, u.length_at(o, chunk))
+    ]
+    log.warning("%d chunk(s) of %s failed verification; resending", len(bad), u.remote)
+    stats.add(chunks_resent=len(bad))
+    for o in bad:
+        progress.update(-u.length_at(o, chunk))
+    _run_parallel(
+        lambda o: _send_chunk(fs, u.source, u.part, o, u.length_at(o, chunk), stats, progress),
+        bad,
+        fs.streams,
     )
 
 
-def _resume(
-    fs: PVCFileSystem,
-    source: _Source,
-    part: str,
-    offsets: list[int],
-    length_at: Callable[[int], int],
-    existing: int,
-    stats: TransferStats,
-    progress: Progress,
-) -> list[int]:
-    """Keep the chunks an interrupted upload already wrote correctly; return the rest."""
-    full = [o for o in offsets if o + length_at(o) <= existing and length_at(o) == fs.chunk_size]
-    if not full:
-        return offsets
-    res = fs._sh(sh.RANGES_SHA256, part, str(fs.chunk_size), *map(str, full))
-    if res.exit_code != 0:
-        return offsets
-    remote = [line.split(" ", 1)[0] for line in sh.decode(res.stdout).splitlines()]
-    kept = set()
-    for offset, digest in zip(full, remote, strict=False):
-        if digest == source.digest(offset, length_at(offset)):
-            kept.add(offset)
-            progress.update(length_at(offset))
-    stats.add(chunks_reused=len(kept))
-    log.info("resuming %s: %d verified chunk(s) kept", part, len(kept))
-    return [o for o in offsets if o not in kept]
+def finish(fs: PVCFileSystem, remote: str, part: str, mode: str, size: int) -> None:
+    """Rename the verified part file onto the target, surviving a dropped stream."""
+    finish_many(fs, [(remote, part, size)], mode)
+
+
+def finish_many(fs: PVCFileSystem, items: list[tuple[str, str, int]], mode: str) -> None:
+    """Rename verified part files onto their targets in one exec, surviving a dropped stream.
+
+    ``items``: (target, part file, size). After a drop the script runs again in "retry"
+    mode, where a file whose part is gone and whose target has the right size counts as
+    done (the dropped run committed it).
+    """
+    flat = [word for remote, part, size in items for word in (remote, part, str(size))]
+    for attempt in range(3):
+        try:
+            res = fs._sh(sh.FINISH_MANY, mode, "retry" if attempt else "first", *flat, attempts=1)
+        except ExecStreamDropped:
+            continue
+        sh.raise_for(res, fs._name(items[0][0]), "upload to")
+        return
+    raise TransferError(
+        f"could not finish the upload of {fs._name(items[0][0])}",
+        hint="the connection to the cluster keeps failing; run the upload again (verified "
+        "chunks are kept)",
+    )
 
 
 def _send_chunk(
@@ -259,9 +369,16 @@ def _send_chunk(
     length: int,
     stats: TransferStats,
     progress: Progress,
+    *,
+    verify: bool = True,
 ) -> None:
+    """Write one chunk at its offset of ``part``; a dropped stream sends it again.
+
+    ``verify``: the pod hashes what it wrote and the chunk is sent again until that matches
+    the sent bytes' hash; without, the caller verifies later (by range).
+    """
     for attempt in range(MAX_ATTEMPTS):
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if verify else None
         moved = [0]
 
         def counted(n: int, moved: list[int] = moved) -> None:
@@ -270,7 +387,7 @@ def _send_chunk(
 
         try:
             res = fs._sh(
-                sh.WRITE_PART,
+                sh.WRITE_PART if verify else sh.WRITE_CHUNK,
                 part,
                 str(offset),
                 str(length),
@@ -285,7 +402,7 @@ def _send_chunk(
             continue
         stats.add(bytes_sent=res.bytes_sent)
         sh.raise_for(res, fs._name(part), "write a chunk of")
-        if sh.first_digest(res.stdout) == digest.hexdigest():
+        if digest is None or sh.first_digest(res.stdout) == digest.hexdigest():
             return
         stats.add(chunks_resent=1)
         progress.update(-moved[0])
@@ -328,35 +445,181 @@ def download(
     *,
     progress: Progress | None = None,
 ) -> TransferStats:
-    """Download ``remote`` (``size`` bytes) to ``lpath`` in verified chunks."""
-    stats = TransferStats(files=1, bytes=size)
+    """Download ``remote`` (``size`` bytes) to ``lpath``, verified; see :func:`download_many`."""
+    return download_many(fs, [(remote, lpath, size)], progress=progress)
+
+
+@dataclass
+class _Download:
+    remote: str
+    lpath: str
+    size: int
+    tmp: str
+    fd: int = -1
+
+    def chunks(self, chunk: int) -> list[tuple[int, int]]:
+        return [(o, min(chunk, self.size - o)) for o in range(0, self.size, chunk)]
+
+
+def download_many(
+    fs: PVCFileSystem,
+    items: list[tuple[str, str, int]],
+    *,
+    progress: Progress | None = None,
+) -> TransferStats:
+    """Download (remote, local path, size) files in chunks, each verified by sha256 ranges.
+
+    The chunks of every file stream in parallel into local part files. Meanwhile the
+    helper pod hashes each file's :func:`hash_ranges` (two sessions at a time) and a local
+    thread hashes the same ranges as their chunks land. A range whose digests differ is
+    checked chunk by chunk and only the bad chunks are fetched again. A file appears under
+    its name only once verified.
+    """
     started = time.monotonic()
     progress = progress or Progress(None)
+    stats = TransferStats(files=len(items), bytes=sum(size for _, _, size in items))
     chunk = fs.chunk_size
-    offsets = list(range(0, size, chunk))
-    stats.chunks = len(offsets)
-    tmp = local_part(lpath)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    downloads = [_Download(r, lp, size, local_part(lp)) for r, lp, size in items]
     try:
-        os.ftruncate(fd, size)
-        with ThreadPoolExecutor(max_workers=max(1, fs.streams)) as hashers:
+        for d in downloads:
+            d.fd = os.open(d.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(d.fd, d.size)
+        local = _InOrderHasher(
+            [(d.fd, d.chunks(chunk), hash_ranges(d.size, chunk)) for d in downloads]
+        )
+        jobs = [(d, o, n) for d in downloads for o, n in hash_ranges(d.size, chunk)]
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="modelrepo-verify") as side:
+            ours = side.submit(local.run)
+            theirs = [side.submit(_pod_digest, fs, d.remote, o, n, d.size) for d, o, n in jobs]
 
-            def fetch(offset: int) -> None:
-                _fetch_chunk(
-                    fs, remote, fd, offset, min(chunk, size - offset), stats, progress, hashers
-                )
+            def fetch(task: tuple[int, int, int]) -> None:
+                index, offset, length = task
+                fd = downloads[index].fd
+                _fetch_chunk(fs, downloads[index].remote, fd, offset, length, stats, progress)
+                local.landed(index, offset)
 
-            _run_parallel(fetch, offsets, fs.streams)
-        os.fsync(fd)
+            tasks = [(i, o, n) for i, d in enumerate(downloads) for o, n in d.chunks(chunk)]
+            stats.chunks = len(tasks)
+            try:
+                _run_parallel(fetch, tasks, fs.streams)
+            except BaseException:
+                for pending in theirs:
+                    pending.cancel()
+                raise
+            finally:
+                local.stop()
+            mine = iter(digest for per_file in ours.result() for digest in per_file)
+            for (d, o, n), pod in zip(jobs, theirs, strict=True):
+                if pod.result() != next(mine):
+                    bad = [(co, cn) for co, cn in d.chunks(chunk) if o <= co < o + n]
+                    _repair(fs, d.remote, d.fd, bad, stats, progress)
+        for d in downloads:
+            os.fsync(d.fd)
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for d in downloads:
+            if d.fd >= 0:
+                os.close(d.fd)
+            with contextlib.suppress(OSError):
+                os.unlink(d.tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, lpath)
+    for d in downloads:
+        os.close(d.fd)
+        os.replace(d.tmp, d.lpath)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+class _InOrderHasher:
+    """sha256 of local files' ranges, chunk by chunk in order, each as soon as it landed.
+
+    ``files``: (fd, chunks [(offset, length)], hash ranges [(offset, length)]) per file,
+    ranges starting on chunk boundaries; :meth:`run` returns each file's range digests.
+    """
+
+    def __init__(
+        self, files: list[tuple[int, list[tuple[int, int]], list[tuple[int, int]]]]
+    ) -> None:
+        self._files = files
+        self._landed: set[tuple[int, int]] = set()
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    def landed(self, index: int, offset: int) -> None:
+        with self._cond:
+            self._landed.add((index, offset))
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Unblock :meth:`run` (a chunk that never lands would otherwise be waited for)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def run(self) -> list[list[str]]:
+        out: list[list[str]] = []
+        for index, (fd, chunks, ranges) in enumerate(self._files):
+            starts = {o for o, _ in ranges}
+            digests: list[str] = []
+            digest = hashlib.sha256()
+            for offset, length in chunks:
+                if offset in starts and offset:
+                    digests.append(digest.hexdigest())
+                    digest = hashlib.sha256()
+                with self._cond:
+                    while (index, offset) not in self._landed and not self._stopped:
+                        self._cond.wait()
+                    if (index, offset) not in self._landed:
+                        return out
+                _hash_range(fd, offset, length, digest)
+            digests.append(digest.hexdigest())
+            out.append(digests)
+        return out
+
+
+def _hash_range(fd: int, offset: int, length: int, digest: Any) -> Any:
+    end = offset + length
+    while offset < end:
+        piece = os.pread(fd, min(4 * PIECE, end - offset), offset)
+        if not piece:
+            raise TransferError(
+                "a downloaded part file shrank on this machine",
+                hint="something else is modifying the download folder; run it again",
+            )
+        digest.update(piece)
+        offset += len(piece)
+    return digest
+
+
+def _repair(
+    fs: PVCFileSystem,
+    remote: str,
+    fd: int,
+    chunks: list[tuple[int, int]],
+    stats: TransferStats,
+    progress: Progress,
+) -> None:
+    """A range's digests differ: find its chunks that do by range hashes, fetch those again."""
+    offsets = [o for o, _ in chunks]
+    for _attempt in range(MAX_ATTEMPTS):
+        res = fs._sh(sh.RANGES_SHA256, remote, str(fs.chunk_size), *map(str, offsets))
+        sh.raise_for(res, fs._name(remote), "hash")
+        theirs = [line.split(" ", 1)[0] for line in sh.decode(res.stdout).splitlines()]
+        bad = [
+            (o, n)
+            for i, (o, n) in enumerate(chunks)
+            if i >= len(theirs) or theirs[i] != _hash_range(fd, o, n, hashlib.sha256()).hexdigest()
+        ]
+        if not bad:
+            return
+        log.warning("%d chunk(s) of %s failed verification; fetching again", len(bad), remote)
+        stats.add(chunks_resent=len(bad))
+        _run_parallel(
+            lambda r: _fetch_chunk(fs, remote, fd, r[0], r[1], stats, progress), bad, fs.streams
+        )
+    raise TransferError(
+        f"{fs._name(remote)} kept changing while it was downloaded",
+        hint="stop whatever writes to it (or wait for it to finish), then download it again",
+    )
 
 
 def _fetch_chunk(
@@ -367,27 +630,21 @@ def _fetch_chunk(
     length: int,
     stats: TransferStats,
     progress: Progress,
-    hashers: ThreadPoolExecutor,
 ) -> None:
+    """Fetch one chunk into ``fd`` at its offset; a dropped stream fetches it again."""
     for attempt in range(MAX_ATTEMPTS):
-        digest = hashlib.sha256()
         got = [0]
 
-        def sink(data: bytes, got: list[int] = got, digest: Any = digest) -> None:
+        def sink(data: bytes, got: list[int] = got) -> None:
             os.pwrite(fd, data, offset + got[0])
-            digest.update(data)
             got[0] += len(data)
             progress.update(len(data))
 
-        remote_hash = hashers.submit(
-            fs._sh, sh.RANGE_SHA256, remote, str(offset), str(length), attempts=3
-        )
         try:
             res = fs._sh(sh.CAT, remote, str(offset), str(offset + length), stdout=sink, attempts=1)
         except ExecStreamDropped:
             stats.add(bytes_received=got[0], chunks_resent=1)
             progress.update(-got[0])
-            remote_hash.cancel()
             log.info(
                 "chunk at %d of %s dropped (attempt %d); fetching again", offset, remote, attempt
             )
@@ -395,13 +652,11 @@ def _fetch_chunk(
             continue
         stats.add(bytes_received=res.bytes_received)
         sh.raise_for(res, fs._name(remote), "read")
-        hres = remote_hash.result()
-        sh.raise_for(hres, fs._name(remote), "hash")
-        if got[0] == length and sh.first_digest(hres.stdout) == digest.hexdigest():
+        if got[0] == length:
             return
         stats.add(chunks_resent=1)
         progress.update(-got[0])
-        log.warning("chunk at %d of %s failed verification; fetching again", offset, remote)
+        log.warning("chunk at %d of %s came back short; fetching again", offset, remote)
     raise TransferError(
         f"could not download the chunk at byte {offset} of {fs._name(remote)} after "
         f"{MAX_ATTEMPTS} attempts",
@@ -429,6 +684,20 @@ class _Member:
     remote: str  # final remote path
     size: int
     mtime: float
+    sha256: str | None = None  # known already (the caller hashed the file): not hashed again
+
+
+class _Known:
+    """A digest the caller already knows: nothing to compute while the bytes go out."""
+
+    def __init__(self, hexdigest: str) -> None:
+        self._hex = hexdigest
+
+    def update(self, data: Any) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._hex
 
 
 def tar_size(members: list[_Member]) -> int:
@@ -445,7 +714,7 @@ def _tar_stream(
     buf = bytearray()
     for m in members:
         buf += _tar_header(m.rel, m.size, m.mtime)
-        h = hashlib.sha256()
+        h: Any = _Known(m.sha256) if m.sha256 else hashlib.sha256()
         digests[m.rel] = h
         remaining = m.size
         with open(m.lpath, "rb") as f:
@@ -457,8 +726,14 @@ def _tar_stream(
                         hint="do not modify files while they are being pushed; run it again",
                     )
                 h.update(piece)
-                buf += piece
                 remaining -= len(piece)
+                if len(piece) >= PIECE // 2:  # a big file's piece goes as it is (no copy)
+                    if buf:
+                        yield bytes(buf)
+                        buf.clear()
+                    yield piece
+                    continue
+                buf += piece
                 if len(buf) >= PIECE:
                     yield bytes(buf)
                     buf.clear()
@@ -510,6 +785,12 @@ def upload_batch(
                 failed.append(m)
         if not failed:
             return
+        for m in failed:
+            if m.sha256 and _Source(m.lpath).digest(0, m.size) != m.sha256:
+                raise TransferError(
+                    f"{m.lpath} changed after it was hashed (while being uploaded)",
+                    hint="do not modify files while they are being pushed; run it again",
+                )
         stats.add(chunks_resent=1)
         progress.update(-sum(m.size for m in failed))
         log.warning("%d file(s) failed verification; sending them again", len(failed))

@@ -350,9 +350,18 @@ class LocalTriton:
         raise self._startup_error(f"was not ready after {self.startup_timeout:g} s")
 
     def _ready(self) -> bool:
-        conn = http.client.HTTPConnection(self.http_address, self.http_port, timeout=2)
+        # Triton starts its metrics server after HTTP answers ready: wait for both, so
+        # every address this object hands out answers.
+        return self._answers(self.http_port, "/v2/health/ready") and self._answers(
+            self.metrics_port, "/metrics"
+        )
+
+    def _answers(self, port: int | None, path: str) -> bool:
+        if port is None:
+            return True
+        conn = http.client.HTTPConnection(self.http_address, port, timeout=2)
         try:
-            conn.request("GET", "/v2/health/ready")
+            conn.request("GET", path)
             return conn.getresponse().status == 200
         except OSError:
             return False

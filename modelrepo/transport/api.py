@@ -87,6 +87,7 @@ class KubeAPI:
         *,
         context: str | None = None,
         retry: RetryPolicy | None = None,
+        identity: str | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -95,6 +96,10 @@ class KubeAPI:
         self.namespace = namespace
         self.context = context
         self.retry = retry or RetryPolicy()
+        #: Who this client acts as (kubeconfig file, context and user; or the in-cluster
+        #: service account). Process-wide helpers are shared only between equal identities,
+        #: so one user's calls never run with another's credentials.
+        self.identity = identity or f"client-{id(api_client):x}"
         self.core = client.CoreV1Api(api_client)
 
     @property
@@ -209,16 +214,15 @@ def api_error(exc: Any, action: str, *, namespace: str | None = None) -> Cluster
     )
 
 
-def _context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+def _context_entry(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
+    """The kubeconfig's context entry in use (``{}`` when there is none)."""
     from kubernetes import config
 
     contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
     chosen = active
     if context is not None:
         chosen = next((c for c in contexts if c.get("name") == context), None)
-    if not chosen:
-        return None
-    return (chosen.get("context") or {}).get("namespace")
+    return chosen or {}
 
 
 def _has_kubeconfig(kubeconfig: str | None) -> bool:
@@ -252,6 +256,7 @@ def connect(
     try:
         if in_cluster:
             config.load_incluster_config(client_configuration=configuration)
+            identity = "in-cluster service account"
             if namespace is None and _IN_CLUSTER_NAMESPACE.exists():
                 namespace = _IN_CLUSTER_NAMESPACE.read_text().strip() or None
         else:
@@ -261,8 +266,14 @@ def connect(
                 client_configuration=configuration,
                 persist_config=False,
             )
+            entry = _context_entry(path, context)
+            source = os.path.abspath(
+                os.path.expanduser(path or os.environ.get("KUBECONFIG") or "~/.kube/config")
+            )
+            user = (entry.get("context") or {}).get("user")
+            identity = f"{source}#{entry.get('name')}#{user}"
             if namespace is None:
-                namespace = _context_namespace(path, context)
+                namespace = (entry.get("context") or {}).get("namespace")
     except (ConfigException, OSError, ValueError) as exc:
         source = path or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise ClusterError(
@@ -275,4 +286,6 @@ def connect(
     # Our own retry loop handles failures; urllib3's hidden retries would hide 429s.
     configuration.retries = 1
     api_client = client.ApiClient(configuration)
-    return KubeAPI(api_client, namespace or "default", context=context, retry=retry)
+    return KubeAPI(
+        api_client, namespace or "default", context=context, retry=retry, identity=identity
+    )

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlencode
 
 from modelrepo.errors import ClusterError, TransferError
+from modelrepo.transport.api import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,22 @@ class ExecStreamDropped(ExecError):
 
 
 class ExecRefused(ClusterError):
-    """The API server refused to open the exec session (nothing ran in the pod)."""
+    """The API server refused to open the exec session (nothing ran in the pod).
 
-    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+    ``retry_after``: the seconds a 429/503 answer's ``Retry-After`` header asked for.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -498,6 +510,7 @@ def _refused(status: int, message: str, url: str, headers: Any) -> ExecRefused:
         f"the API server refused the exec session: HTTP {status} {message}".strip(),
         status=status,
         hint=hint,
+        retry_after=parse_retry_after((headers or {}).get("Retry-After")),
     )
 
 
@@ -564,22 +577,30 @@ class _Sink:
         if self._collect is not None:
             self._collect += data
             return
+        if not self._buf and len(data) >= _SINK_BATCH // 4:
+            # A big frame goes as it is: one copy instead of two (append, then batch).
+            await self._submit(bytes(data))
+            return
         self._buf += data
         if len(self._buf) >= _SINK_BATCH:
-            await self._hand_off()
+            await self._submit(self._take())
 
-    async def _hand_off(self) -> None:
+    def _take(self) -> bytes:
+        batch, self._buf = bytes(self._buf), bytearray()
+        return batch
+
+    async def _submit(self, batch: bytes) -> None:
+        """Hand ``batch`` to the sink in the I/O pool, after the previous one (keeps order)."""
         if self._pending is not None:
             await self._pending
             self._pending = None
-        if self._buf:
-            batch, self._buf = bytes(self._buf), bytearray()
-            loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(None, self._fn, batch)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._fn, batch)  # type: ignore[arg-type]
 
     async def flush(self) -> None:
         if self._fn is not None:
-            await self._hand_off()
+            if self._buf:
+                await self._submit(self._take())
             if self._pending is not None:
                 await self._pending
                 self._pending = None

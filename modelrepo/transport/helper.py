@@ -433,7 +433,8 @@ class HelperPod:
                     self._forget(pod, delete=True)
                     continue
                 if exc.status in (0, 429, 500, 502, 503, 504):
-                    time.sleep(self.api.retry.delay(attempt))
+                    # Honour the server's Retry-After, as every other API call does.
+                    time.sleep(self.api.retry.delay(attempt, exc.retry_after))
                     continue
                 raise
             if result.exit_code in _KILLED:
@@ -491,10 +492,16 @@ def get_helper(
     options: HelperOptions | None = None,
     protocols: tuple[str, ...] = PROTOCOLS,
 ) -> HelperPod:
-    """The process-wide helper of (cluster, namespace, claim), created on first request."""
+    """The process-wide helper of (cluster, identity, namespace, claim), made on first request.
+
+    The identity (see :attr:`KubeAPI.identity`) is part of the key: a helper runs every
+    call with the credentials of the client that created it, so two users (or two
+    kubeconfig contexts) in one process never share one.
+    """
     options = options or HelperOptions()
     namespace = namespace or api.namespace
-    key = (api.host, namespace, claim, options.key(), tuple(protocols))
+    identity = getattr(api, "identity", None) or f"client-{id(api):x}"
+    key = (api.host, identity, namespace, claim, options.key(), tuple(protocols))
     with _REGISTRY_LOCK:
         helper = _REGISTRY.get(key)
         if helper is None:
