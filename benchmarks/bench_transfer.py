@@ -337,7 +337,8 @@ class Bench:
     def table(self) -> str:
         a = self.args
         lines = [
-            "| transfer | PVCFileSystem MiB/s (verified) | kubectl cp MiB/s | ratio (>= 1.0) "
+            "| transfer | PVCFileSystem MiB/s (verified) | kubectl cp MiB/s "
+            "| ratio (>= 1.0): median of rounds [lowest-highest] "
             "| CPU s/GiB ours: client / API server / pod "
             "| CPU s/GiB kubectl cp: client / API server / pod |",
             "|---|---:|---:|---:|---:|---:|",
@@ -351,7 +352,7 @@ class Bench:
         for op, label in what.items():
             ours, theirs = self.med(f"pvc {op}", "mibs"), self.med(f"kubectl {op}", "mibs")
             lines.append(
-                f"| {label} | {ours:,.0f} | {theirs:,.0f} | **{ours / theirs:.2f}** | "
+                f"| {label} | {ours:,.0f} | {theirs:,.0f} | {paired(self.rows, op)} | "
                 f"{self.cpu(f'pvc {op}')} | {self.cpu(f'kubectl {op}')} |"
             )
         d = self.drop
@@ -389,6 +390,14 @@ class Bench:
     def cpu(self, key: str) -> str:
         """Median CPU s/GiB of a row: client / API server / pod."""
         return " / ".join(f"{self.med(key, k):.1f}" for k in ("gib_client", "gib_api", "gib_pod"))
+
+
+def paired(rows: dict[str, list[dict[str, float]]], op: str, field: str = "mibs") -> str:
+    """Ours / kubectl's throughput within each round (the same conditions): median [range]."""
+    ratios = sorted(
+        o[field] / k[field] for o, k in zip(rows[f"pvc {op}"], rows[f"kubectl {op}"], strict=True)
+    )
+    return f"**{statistics.median(ratios):.2f}** [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
 
 
 def _cpu_name() -> str:

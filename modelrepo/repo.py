@@ -23,7 +23,7 @@ from modelrepo._tables import html_table, text_table
 from modelrepo.errors import InputError, ModelRepoError, TritonError
 from modelrepo.hashing import HashCache
 from modelrepo.incluster import claim_path as claim_relative
-from modelrepo.progress import BytesProgress
+from modelrepo.progress import BytesProgress, ProgressListener
 from modelrepo.source import LocalFile, Source, open_source
 from modelrepo.store import (
     STALE_STAGING_SECONDS,
@@ -270,7 +270,7 @@ class ModelRepo:
         keep_versions: bool = False,
         source_version: int | None = None,
         source_options: dict[str, Any] | None = None,
-        progress: bool | None = None,
+        progress: bool | ProgressListener | None = None,
         via: str = "exec",
         secret: str | None = None,
         endpoint_url: str | None = None,
@@ -284,6 +284,8 @@ class ModelRepo:
         that number (refused if it exists); ``keep_versions=True`` publishes every version
         folder of the source under its own number. ``source_options`` go to the source's
         fsspec filesystem (e.g. ``{"endpoint_url": ...}`` for an S3-compatible store).
+        ``progress``: a ``tqdm.auto`` bar of the bytes sent (default: the repo's setting),
+        ``False`` for none, or a function told ``(bytes sent, bytes to send)`` as they go.
 
         ``via="job"`` (seed Option A): an ``s3://`` source is synced by a Kubernetes Job
         running ``aws s3 sync`` in the cluster (``image``, default ``amazon/aws-cli``;
@@ -398,7 +400,7 @@ class ModelRepo:
         target: int | None,
         published: list[int],
         existing_config: str | None,
-        progress: bool | None,
+        progress: bool | ProgressListener | None,
         started: float,
     ) -> PushResult:
         name = src.model
@@ -413,7 +415,7 @@ class ModelRepo:
         try:
             staging = self.store.new_staging(name)
             self._link(known, digests, to_link, staging)
-            self._send(to_send, staging, name, version, progress)
+            self._send(to_send, digests, staging, f"{name} v{version}", progress)
             if src.config_text is not None and src.config_text != existing_config:
                 self.store.write_text_atomic(
                     f"{self.store.model_path(name)}/config.pbtxt", src.config_text
@@ -449,14 +451,22 @@ class ModelRepo:
     def _link(
         self, known: dict[str, str], digests: dict[str, str], files: list[LocalFile], staging: str
     ) -> None:
+        """Carry files already on the repository into the staging folder: no bytes move.
+
+        A hard link costs nothing and published versions are never modified in place; a
+        filesystem without links copies instead. A PVC links every file in one exec.
+        """
         if not files:
             return
         pairs = [(known[digests[f.abspath]], f"{staging}/{f.relpath}") for f in files]
+        link_many = getattr(self.fs, "link_many", None)
+        if link_many is not None:
+            link_many(pairs)
+            return
         for parent in sorted({dst.rsplit("/", 1)[0] for _, dst in pairs} - {staging}):
             self.fs.makedirs(parent, exist_ok=True)
         link = getattr(self.fs, "link", None)
         for src, dst in pairs:
-            # A hard link costs no bytes and published versions are never modified in place.
             try:
                 if link is None:
                     raise NotImplementedError
@@ -465,13 +475,34 @@ class ModelRepo:
                 self.fs.cp_file(src, dst)
 
     def _send(
-        self, files: list[LocalFile], staging: str, name: str, version: int, progress: bool | None
+        self,
+        files: list[LocalFile],
+        digests: dict[str, str],
+        staging: str,
+        label: str,
+        progress: bool | ProgressListener | None,
     ) -> None:
+        """Upload ``files`` into the staging folder with one byte progress bar.
+
+        A PVC takes them in one batched, verified ``put_files`` (in place: the staging
+        folder is the unit that gets published) and checks them against the digests the
+        manifest was made from; any other filesystem gets fsspec's ``put``.
+        """
         if not files:
             return
-        enabled = self.progress if progress is None else progress
+        choice = self.progress if progress is None else progress
+        listener = choice if callable(choice) else None
         total = sum(f.size for f in files)
-        with BytesProgress(total, f"{name} v{version}", enabled=enabled) as bar:
+        with BytesProgress(total, label, enabled=choice is True, listener=listener) as bar:
+            put_files = getattr(self.fs, "put_files", None)
+            if put_files is not None:
+                put_files(
+                    [(f.abspath, f"{staging}/{f.relpath}") for f in files],
+                    callback=bar.bytes_callback(),
+                    atomic=False,
+                    sha256={f.abspath: digests[f.abspath] for f in files},
+                )
+                return
             self.fs.put(
                 [f.abspath for f in files],
                 [f"{staging}/{f.relpath}" for f in files],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,13 +13,6 @@ from kubernetes.client.rest import ApiException
 
 from modelrepo.testing.cluster import LocalCluster
 from modelrepo.testing.cluster.manifests import busybox_pod, job
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster() as c:
-        c.create_pvc("models")
-        yield c
 
 
 @pytest.fixture(scope="module")

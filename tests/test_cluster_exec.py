@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,20 +18,12 @@ from modelrepo.testing.cluster import V4, V5, LocalCluster
 from modelrepo.testing.cluster.kube_exec import open_exec, run_exec
 from modelrepo.testing.cluster.manifests import busybox_pod
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster() as c:
-        claim = c.create_pvc("models")
-        (claim / "hello.txt").write_text("from the claim\n")
-        c.create(busybox_pod("helper", claim="models"))
-        c.wait_for_pod("helper")
-        yield c
+HELPER_POD = "helper"  # the cluster and core fixtures: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def core(cluster: LocalCluster) -> client.CoreV1Api:
-    return client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+@pytest.fixture(scope="module", autouse=True)
+def _hello(claim_dir: Path) -> None:
+    (claim_dir / "hello.txt").write_text("from the claim\n")
 
 
 def test_v5_exec_exit_code_and_streams(core: client.CoreV1Api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -13,20 +14,12 @@ from modelrepo.testing.cluster import LocalCluster
 from modelrepo.testing.cluster.kube_exec import run_exec
 from modelrepo.testing.cluster.manifests import busybox_pod
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster() as c:
-        claim = c.create_pvc("models")
-        (claim / "big.bin").write_bytes(b"x" * (8 << 20))
-        c.create(busybox_pod("helper", claim="models"))
-        c.wait_for_pod("helper")
-        yield c
+HELPER_POD = "helper"  # the cluster and core fixtures: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def core(cluster: LocalCluster) -> client.CoreV1Api:
-    return client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+@pytest.fixture(scope="module", autouse=True)
+def _big(claim_dir: Path) -> None:
+    (claim_dir / "big.bin").write_bytes(b"x" * (8 << 20))
 
 
 @pytest.fixture(autouse=True)

@@ -273,6 +273,27 @@ def test_unknown_template_field_is_a_clear_error() -> None:
     assert "{output}" in (info.value.hint or "")
 
 
+@pytest.mark.parametrize("make", [_sync, _build])
+def test_job_options_shape_both_jobs_and_typos_are_named(make: Any) -> None:
+    job = make(
+        node="node-2",
+        labels={"team": "a"},
+        backoff_limit=2,
+        ttl_seconds_after_finished=None,
+        image_pull_secrets=["regcred"],
+    )
+    pod = job["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-2"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert job["metadata"]["labels"]["team"] == "a"
+    assert job["spec"]["backoffLimit"] == 2 and "ttlSecondsAfterFinished" not in job["spec"]
+    assert make()["spec"]["activeDeadlineSeconds"] == 6 * 3600  # the defaults still apply
+    with pytest.raises(ManifestError, match=r"unknown Job option.*node_selectr") as info:
+        make(node_selectr={"gpu": "a100"})
+    assert "node_selector" in (info.value.hint or "")
+
+
 def test_triton_pvc_variant() -> None:
     pvc, deploy, svc = triton_manifests(claim="repo", replicas=1, root="team-a")
     assert pvc["kind"] == "PersistentVolumeClaim"

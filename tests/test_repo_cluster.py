@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,35 +17,8 @@ from modelrepo.testing import LocalCluster
 from modelrepo.testing.models import write_add_one_model, write_broken_model
 
 CLAIM = "triton-model-repo"
+TRITON_REPLICAS = 2  # the cluster, claim_dir and repo fixtures: tests/conftest.py
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(base_dir=tmp_path_factory.mktemp("cluster")) as cluster:
-        cluster.create_pvc(CLAIM)
-        cluster.deploy_triton(name="triton", claim=CLAIM, replicas=2)
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def claim_dir(cluster: LocalCluster) -> Path:
-    path = cluster.pvc_path(CLAIM)
-    assert path is not None
-    return path
-
-
-@pytest.fixture
-def repo(cluster: LocalCluster, tmp_path: Path, monkeypatch) -> Iterator[ModelRepo]:
-    monkeypatch.setenv("MODELREPO_CACHE_DIR", str(tmp_path / "cache"))
-    with ModelRepo(
-        pvc=CLAIM,
-        namespace="default",
-        kubeconfig=cluster.kubeconfig,
-        triton="triton",
-        progress=False,
-    ) as repo:
-        yield repo
 
 
 def model_source(tmp_path: Path, name: str, payload: bytes = b"") -> Path:

@@ -18,28 +18,8 @@ from modelrepo.testing import LocalCluster
 from modelrepo.testing.models import write_add_one_model
 
 CLAIM = "jobs-repo"
+TRITON_REPLICAS = 1  # the cluster and repo fixtures: tests/conftest.py
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(base_dir=tmp_path_factory.mktemp("cluster")) as cluster:
-        cluster.create_pvc(CLAIM)
-        cluster.deploy_triton(name="triton", claim=CLAIM, replicas=1)
-        yield cluster
-
-
-@pytest.fixture
-def repo(cluster: LocalCluster, tmp_path: Path, monkeypatch) -> Iterator[ModelRepo]:
-    monkeypatch.setenv("MODELREPO_CACHE_DIR", str(tmp_path / "cache"))
-    with ModelRepo(
-        pvc=CLAIM,
-        namespace="default",
-        kubeconfig=cluster.kubeconfig,
-        triton="triton",
-        progress=False,
-    ) as repo:
-        yield repo
 
 
 def _free_port() -> int:

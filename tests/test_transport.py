@@ -33,13 +33,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster() as c:
-        c.create_pvc("models")
-        yield c
-
-
-@pytest.fixture(scope="module")
 def api(cluster: LocalCluster) -> KubeAPI:
     return connect(cluster.kubeconfig, retry=RetryPolicy(attempts=4, base_delay=0.05))
 

@@ -25,7 +25,6 @@ from modelrepo.testing.models import (
 )
 from modelrepo.widgets import ModelRepoPanel
 from modelrepo.widgets._html import error_html
-from modelrepo.widgets.push import _StagingWatch, planned_bytes
 from modelrepo.widgets.rps import parse_levels
 
 WAIT_S = 120.0
@@ -268,29 +267,20 @@ def test_cancelled_push_leaves_no_partial_version(tmp_path: Path, monkeypatch):
     assert not panel.push.push_button.disabled and panel.push.cancel_button.disabled
 
 
-def test_planned_bytes_counts_the_version_push_takes(tmp_path: Path):
-    source = write_add_one_model(tmp_path / "model_repository", "m")
-    (source / "1" / "a.bin").write_bytes(b"x" * 100)
-    (source / "3").mkdir()
-    (source / "3" / "model.py").write_text("# v3\n")
-    assert planned_bytes("m", str(source)) == len("# v3\n")
-    assert planned_bytes("m", str(source / "1")) == (source / "1" / "model.py").stat().st_size + 100
-    assert planned_bytes("m", str(tmp_path / "missing")) is None
-
-
-def test_staging_watch_counts_only_new_staging_folders(tmp_path: Path):
-    from fsspec.implementations.local import LocalFileSystem
-
-    meta = tmp_path / "m" / ".modelrepo"
-    (meta / "staging-1-old").mkdir(parents=True)
-    (meta / "staging-1-old" / "f").write_bytes(b"o" * 50)
-    watch = _StagingWatch(LocalFileSystem(), str(meta))
-    assert watch.staged() == 0
-    (meta / "staging-2-new").mkdir()
-    (meta / "staging-2-new" / "f").write_bytes(b"n" * 70)
-    assert watch.staged() == 70
-    (meta / "staging-2-new" / "f").unlink()
-    assert watch.staged() == 70  # published (renamed away): the bar never goes back
+def test_push_progress_hook_gets_bytes_sent_of_bytes_to_send(tmp_path: Path):
+    """``push(progress=f)`` tells f every byte count, ending at the total; no tqdm bar."""
+    source = write_add_one_model(tmp_path / "src", "m")
+    for i in range(3):
+        (source / "1" / f"w{i}.bin").write_bytes(bytes([i]) * (100_000 + i))
+    repo = ModelRepo.from_url(f"file://{tmp_path / 'claim'}")
+    told: list[tuple[int, int]] = []
+    result = repo.push("m", source=str(source), progress=lambda d, t: told.append((d, t)))
+    total = result.bytes_sent
+    assert told and all(t == total for _, t in told)
+    assert told[-1][0] == total and len(told) >= 3
+    assert [d for d, _ in told] == sorted(d for d, _ in told)
+    again = repo.push("m", source=str(source), progress=lambda d, t: told.append((d, t)))
+    assert again.bytes_sent == 0 and told[-1][0] == total  # nothing to send: not called
 
 
 # -- the RPS tab ------------------------------------------------------------------------------

@@ -352,6 +352,10 @@ exec rm -f "$1\""""
 RM_TREES = """for f; do inside "${f%/*}"; done
 exec rm -rf "$@\""""
 
+#: rm -rf one path, which must exist (for FileNotFoundError): a recursive rm with no listing.
+RM_TREE = """need "$1"; inside "${1%/*}"
+exec rm -rf "$1\""""
+
 TOUCH = """inside "${1%/*}"
 [ -d "${1%/*}" ] || mkdir -p "${1%/*}" || exit 1
 exec touch "$1\""""

@@ -13,7 +13,7 @@ reused: its chunks are not sent again, and are verified with the rest. One exec 
 every part file onto its target, so a half-written file never appears under its name.
 
 Downloads mirror this: chunks stream in parallel into local part files while the helper
-pod hashes the file's ranges and a local thread hashes the same ranges as chunks land.
+pod hashes each whole file and a local thread hashes the chunks in order as they land.
 
 Files that fit in one chunk, and trees of small files, travel as tar streams (one exec per
 batch, not one per file); the pod hashes the unpacked files in the same exec (reading the
@@ -173,15 +173,15 @@ class _Source:
         return h.hexdigest()
 
 
-def hash_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+def hash_ranges(size: int, chunk: int, parts: int = 2) -> list[tuple[int, int]]:
     """How the helper pod verifies a file: (offset, length) ranges hashed in parallel.
 
     The last range is hashed straight from the file (see :data:`_shell.HASH_RANGE`), the
     other through a pipe, which costs busybox ``sha256sum`` about a third more CPU: it gets
-    the smaller share (40%, whole chunks). A file of one chunk is one range.
+    the smaller share (40%, whole chunks). A file of one chunk, or ``parts=1``, is one range.
     """
     chunks = -(-size // chunk)
-    if chunks < 2:
+    if chunks < 2 or parts < 2:
         return [(0, size)]
     front = max(1, round(chunks * 0.4)) * chunk
     return [(0, front), (front, size - front)]
@@ -470,10 +470,12 @@ def download_many(
     """Download (remote, local path, size) files in chunks, each verified by sha256 ranges.
 
     The chunks of every file stream in parallel into local part files. Meanwhile the
-    helper pod hashes each file's :func:`hash_ranges` (two sessions at a time) and a local
-    thread hashes the same ranges as their chunks land. A range whose digests differ is
-    checked chunk by chunk and only the bad chunks are fetched again. A file appears under
-    its name only once verified.
+    helper pod hashes each whole file straight from the claim (two files at a time) and a
+    local thread hashes the chunks in order as they land. One hash per file, not a range
+    each: it runs while the bytes travel, and a range through a pipe costs busybox
+    ``sha256sum`` a third more CPU (see :func:`hash_ranges`). A file whose digests differ
+    is checked chunk by chunk and only its bad chunks are fetched again. A file appears
+    under its name only once verified.
     """
     started = time.monotonic()
     progress = progress or Progress(None)
@@ -485,9 +487,9 @@ def download_many(
             d.fd = os.open(d.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             os.ftruncate(d.fd, d.size)
         local = _InOrderHasher(
-            [(d.fd, d.chunks(chunk), hash_ranges(d.size, chunk)) for d in downloads]
+            [(d.fd, d.chunks(chunk), hash_ranges(d.size, chunk, parts=1)) for d in downloads]
         )
-        jobs = [(d, o, n) for d in downloads for o, n in hash_ranges(d.size, chunk)]
+        jobs = [(d, o, n) for d in downloads for o, n in hash_ranges(d.size, chunk, parts=1)]
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="modelrepo-verify") as side:
             ours = side.submit(local.run)
             theirs = [side.submit(_pod_digest, fs, d.remote, o, n, d.size) for d, o, n in jobs]

@@ -570,7 +570,12 @@ class PVCFileSystem(AbstractFileSystem):
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         """Delete files/folders; a recursive delete is ONE exec (``rm -rf``)."""
-        paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
+        script = sh.RM_TREES
+        if recursive and maxdepth is None and isinstance(path, str) and not _MAGIC.search(path):
+            paths = [self._strip_protocol(path)]  # one known path: no listing first
+            script = sh.RM_TREE
+        else:
+            paths = self.expand_path(path, recursive=recursive, maxdepth=maxdepth)
         if "/" in paths and self.root == "/":
             raise PVCPathError(
                 f"refusing to delete the whole claim {self.claim!r}",
@@ -578,7 +583,7 @@ class PVCFileSystem(AbstractFileSystem):
             )
         if recursive and maxdepth is None:
             tops = [p for p in paths if not any(p.startswith(q.rstrip("/") + "/") for q in paths)]
-            res = self._sh(sh.RM_TREES, *[self._remote(p) for p in tops])
+            res = self._sh(script, *[self._remote(p) for p in tops])
             sh.raise_for(res, tops[0] if len(tops) == 1 else f"{len(tops)} paths", "remove")
         else:
             for p in reversed(paths):

@@ -24,9 +24,12 @@ import secrets
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from modelrepo.errors import ModelRepoError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_AWS_IMAGE",
@@ -35,6 +38,7 @@ __all__ = [
     "MOUNT_PATH",
     "RBAC_RULES",
     "TRTLLM_BUILD_COMMAND",
+    "JobOptions",
     "ManifestError",
     "build_job",
     "rbac_manifests",
@@ -285,6 +289,68 @@ def _job(
 _SMALL_JOB_RESOURCES: Manifest = {"requests": {"cpu": "250m", "memory": "256Mi"}}
 
 
+class JobOptions(TypedDict, total=False):
+    """What every modelrepo Job also takes: where its pod runs and how long the Job lives.
+
+    - ``service_account``: the pod's ServiceAccount (also the S3 credentials of IRSA /
+      workload identity for Option A);
+    - ``node``: pin the pod to a node (where a ReadWriteOnce claim is already attached);
+    - ``node_selector``, ``tolerations``, ``security_context``, ``image_pull_secrets``
+      (Secret names): as in a pod spec;
+    - ``labels``: added to the Job and its pod;
+    - ``ttl_seconds_after_finished`` (default 600), ``active_deadline_seconds`` (default
+      6 h), ``backoff_limit`` (default 0: a failed build or sync is not run again).
+    """
+
+    service_account: str | None
+    node: str | None
+    node_selector: Mapping[str, str] | None
+    tolerations: Sequence[Mapping[str, Any]] | None
+    security_context: Mapping[str, Any] | None
+    image_pull_secrets: Sequence[str] | None
+    labels: Mapping[str, str] | None
+    ttl_seconds_after_finished: int | None
+    active_deadline_seconds: int | None
+    backoff_limit: int
+
+
+def _claim_job(
+    name: str,
+    namespace: str,
+    component: str,
+    container: Manifest,
+    claim: str,
+    options: JobOptions,
+) -> Manifest:
+    """A Job whose one container works on the claim, shaped by :class:`JobOptions`."""
+    unknown = sorted(set(options) - set(JobOptions.__annotations__))
+    if unknown:
+        raise ManifestError(
+            f"unknown Job option(s): {', '.join(unknown)}",
+            hint=f"the options are: {', '.join(JobOptions.__annotations__)}",
+        )
+    pod = _pod_spec(
+        containers=[container],
+        volumes=[_claim_volume(claim)],
+        restart_policy="Never",
+        service_account=options.get("service_account"),
+        security_context=options.get("security_context"),
+        node_selector=options.get("node_selector"),
+        tolerations=options.get("tolerations"),
+        image_pull_secrets=options.get("image_pull_secrets"),
+        node=options.get("node"),
+    )
+    return _job(
+        name,
+        namespace,
+        _labels(name, component, options.get("labels")),
+        pod,
+        ttl_seconds_after_finished=options.get("ttl_seconds_after_finished", 600),
+        active_deadline_seconds=options.get("active_deadline_seconds", 6 * 3600),
+        backoff_limit=options.get("backoff_limit", 0),
+    )
+
+
 # --------------------------------------------------------------------------- Option A
 
 
@@ -297,20 +363,11 @@ def s3_sync_job(
     namespace: str = "default",
     image: str = DEFAULT_AWS_IMAGE,
     secret: str | None = None,
-    service_account: str | None = None,
     endpoint_url: str | None = None,
     region: str | None = None,
     extra_args: Sequence[str] = (),
-    ttl_seconds_after_finished: int | None = 600,
-    active_deadline_seconds: int | None = 6 * 3600,
-    backoff_limit: int = 0,
     resources: Mapping[str, Any] | None = None,
-    security_context: Mapping[str, Any] | None = None,
-    node_selector: Mapping[str, str] | None = None,
-    tolerations: Sequence[Mapping[str, Any]] | None = None,
-    image_pull_secrets: Sequence[str] | None = None,
-    node: str | None = None,
-    labels: Mapping[str, str] | None = None,
+    **options: Unpack[JobOptions],
 ) -> Manifest:
     """Option A: a Job copying ``source`` (``s3://bucket/prefix``) into ``dest_path`` on the claim.
 
@@ -319,12 +376,11 @@ def s3_sync_job(
     the bytes go from S3 to the volume inside the cluster, never through the notebook.
     Credentials come from ``secret`` (a Secret with ``AWS_ACCESS_KEY_ID``,
     ``AWS_SECRET_ACCESS_KEY`` and optionally ``AWS_SESSION_TOKEN``, referenced with
-    ``secretKeyRef``) or from ``service_account`` (IRSA / workload identity).
+    ``secretKeyRef``) or from the ``service_account`` option (IRSA / workload identity).
     ``dest_path`` is meant to be a staging folder that is published by a rename afterwards.
-    ``node`` pins the pod to a node (where a ReadWriteOnce claim is already attached).
+    ``options``: see :class:`JobOptions` (placement, lifetime, labels).
     """
     dest = _claim_path(dest_path, "dest_path")
-    labels_ = _labels(name, "s3-sync", labels)
     container: Manifest = {
         "name": "sync",
         "image": image,
@@ -340,26 +396,7 @@ def s3_sync_job(
     }
     if not container["env"]:
         del container["env"]
-    pod = _pod_spec(
-        containers=[container],
-        volumes=[_claim_volume(claim)],
-        restart_policy="Never",
-        service_account=service_account,
-        security_context=security_context,
-        node_selector=node_selector,
-        tolerations=tolerations,
-        image_pull_secrets=image_pull_secrets,
-        node=node,
-    )
-    return _job(
-        name,
-        namespace,
-        labels_,
-        pod,
-        ttl_seconds_after_finished=ttl_seconds_after_finished,
-        active_deadline_seconds=active_deadline_seconds,
-        backoff_limit=backoff_limit,
-    )
+    return _claim_job(name, namespace, "s3-sync", container, claim, options)
 
 
 # --------------------------------------------------------------------------- Option B
@@ -411,16 +448,7 @@ def build_job(
     resources: Mapping[str, Any] | None = None,
     gpus: int = 0,
     working_dir: str | None = None,
-    service_account: str | None = None,
-    ttl_seconds_after_finished: int | None = 600,
-    active_deadline_seconds: int | None = 6 * 3600,
-    backoff_limit: int = 0,
-    security_context: Mapping[str, Any] | None = None,
-    node_selector: Mapping[str, str] | None = None,
-    tolerations: Sequence[Mapping[str, Any]] | None = None,
-    image_pull_secrets: Sequence[str] | None = None,
-    node: str | None = None,
-    labels: Mapping[str, str] | None = None,
+    **options: Unpack[JobOptions],
 ) -> Manifest:
     """Option B: a Job running a build whose result lands in ``output_path`` on the claim.
 
@@ -431,7 +459,7 @@ def build_job(
     ``checkpoint``) is an argv list or a shell string, formatted by :func:`render_command`
     with ``{output}``, ``{inputs[<name>]}`` and the ``params``. ``secret_env`` maps an
     environment variable to ``(secret name, key)``, e.g. a Hugging Face token.
-    ``gpus`` adds an ``nvidia.com/gpu`` limit; ``node`` pins the pod to a node.
+    ``gpus`` adds an ``nvidia.com/gpu`` limit. ``options``: see :class:`JobOptions`.
     """
     inputs = dict(inputs or {})
     for key in inputs:
@@ -468,26 +496,7 @@ def build_job(
         container["env"] = env_list
     if working_dir:
         container["workingDir"] = working_dir
-    pod = _pod_spec(
-        containers=[container],
-        volumes=[_claim_volume(claim)],
-        restart_policy="Never",
-        service_account=service_account,
-        security_context=security_context,
-        node_selector=node_selector,
-        tolerations=tolerations,
-        image_pull_secrets=image_pull_secrets,
-        node=node,
-    )
-    return _job(
-        name,
-        namespace,
-        _labels(name, "build", labels),
-        pod,
-        ttl_seconds_after_finished=ttl_seconds_after_finished,
-        active_deadline_seconds=active_deadline_seconds,
-        backoff_limit=backoff_limit,
-    )
+    return _claim_job(name, namespace, "build", container, claim, options)
 
 
 # --------------------------------------------------------------------------- Option C

@@ -418,12 +418,21 @@ class HelperPod:
                 if not self._alive(pod):
                     self._forget(pod, delete=True)
                 raise
-            except ExecError:
-                # The runtime could not start the command (e.g. its container is dying):
-                # nothing ran, so a fresh pod may simply run it.
-                if attempt == attempts - 1 or self._alive(pod):
+            except ExecError as exc:
+                # The runtime could not start the command: nothing ran. Its container may be
+                # stopping while the API still says Running (the kubelet reports a moment
+                # later): wait a little, and replace a pod that is gone.
+                if attempt == attempts - 1:
                     raise
-                self._forget(pod, delete=True)
+                if not self._alive(pod):
+                    self._forget(pod, delete=True)
+                elif attempt >= 2:
+                    raise  # still Running and still refusing: not a passing state
+                else:
+                    time.sleep(self.api.retry.delay(attempt))
+                if not _replayable(stdin):
+                    # A stream may have been partly read: the caller resends its own data.
+                    raise ExecStreamDropped(exc.message, hint=exc.hint) from exc
                 continue
             except ExecRefused as exc:
                 if attempt == attempts - 1:
@@ -589,3 +598,8 @@ def cleanup(
             _delete_pod(api, namespace, name)
             deleted.append(name)
     return deleted
+
+
+def _replayable(stdin: StdinSource) -> bool:
+    """Can this stdin be sent again as a whole (not a stream that was partly read)?"""
+    return stdin is None or isinstance(stdin, bytes | bytearray | memoryview)

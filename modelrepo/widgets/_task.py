@@ -111,14 +111,8 @@ def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) ->
     return done == 1
 
 
-def run_interruptible(
-    task: Task,
-    work: Callable[[], Any],
-    *,
-    poll: Callable[[], None] | None = None,
-    interval: float = 0.5,
-) -> Any:
-    """Run ``work()`` in a worker thread, calling ``poll()`` every ``interval`` meanwhile.
+def run_interruptible(task: Task, work: Callable[[], Any]) -> Any:
+    """Run ``work()`` in a worker thread that the task's Cancel can interrupt.
 
     Cancel raises :class:`TaskCancelled` inside ``work`` once, like Ctrl-C would: work with
     no cancellation hook of its own (``ModelRepo.push``) stops after the call it is in (the
@@ -136,15 +130,11 @@ def run_interruptible(
     worker = threading.Thread(target=target, name=f"{task.name}-work", daemon=True)
     worker.start()
     interrupted = False
-    next_poll = time.monotonic() + interval
     while worker.is_alive():
         if task.cancelled and not interrupted:
             interrupted = True  # once: a second one could land in the work's own clean-up
             _raise_in_thread(worker, TaskCancelled)
         worker.join(_TICK_S)
-        if poll is not None and worker.is_alive() and time.monotonic() >= next_poll:
-            poll()
-            next_poll = time.monotonic() + interval
     if "error" in box:
         raise box["error"]
     return box.get("result")

@@ -1,15 +1,11 @@
 """The Push tab: a folder or URL in, the next version out, with a byte progress bar.
 
-``ModelRepo.push`` runs in a worker thread with its own tqdm bar off; the bar here is fed by
-watching the push's staging folder grow on the repository (one listing per poll), so the
-panel needs no hook inside ``push`` and shows the bytes that actually reached the claim.
+``ModelRepo.push`` runs in a worker thread; its ``progress=`` hook tells the bar here each
+byte count the transfer confirms (instead of a tqdm bar), at most ten redraws a second.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import posixpath
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,72 +13,18 @@ from typing import TYPE_CHECKING
 import ipywidgets as W
 
 from modelrepo.repo import format_bytes
-from modelrepo.source import _as_fs
 from modelrepo.store import check_model_name
 from modelrepo.widgets._base import TabBase, button, describe, row
 from modelrepo.widgets._html import message_html
 from modelrepo.widgets._task import Task, TaskCancelled, run_interruptible
 
 if TYPE_CHECKING:
-    import fsspec
-
     from modelrepo.repo import ModelRepo, PushResult
 
-__all__ = ["PushTab", "planned_bytes"]
+__all__ = ["PushTab"]
 
-_POLL_LOCAL_S = 0.25
-_POLL_REMOTE_S = 1.0
-
-
-def planned_bytes(name: str, source: str | None) -> int | None:
-    """Bytes a default push of ``source`` publishes (its highest version), None if unknown.
-
-    Mirrors what ``push`` takes: the highest numbered version folder of a model folder, or
-    every file (but ``config.pbtxt``) of a version folder. One listing of the source.
-    """
-    try:
-        fs, path = _as_fs(source or os.path.join("model_repository", name))
-        found = fs.find(path, detail=True)
-    except Exception:  # the push itself reports a bad source, with a hint
-        return None
-    if not found:
-        return None
-    prefix = fs._strip_protocol(path).rstrip("/") + "/"
-    sizes: dict[str, int] = {}
-    for key, info in found.items():
-        stripped = fs._strip_protocol(key)
-        if stripped.startswith(prefix) and info.get("type") == "file":
-            sizes[stripped[len(prefix) :]] = int(info.get("size") or 0)
-    versions = {int(p.split("/", 1)[0]) for p in sizes if "/" in p and p.split("/", 1)[0].isdigit()}
-    if versions:
-        top = f"{max(versions)}/"
-        return sum(s for p, s in sizes.items() if p.startswith(top))
-    return sum(s for p, s in sizes.items() if p != "config.pbtxt")
-
-
-class _StagingWatch:
-    """Bytes in the staging folders that appeared on the repository since it was created."""
-
-    def __init__(self, fs: fsspec.AbstractFileSystem, meta: str) -> None:
-        self.fs = fs
-        self.meta = meta
-        self.before = self._stagings()
-        self.peak = 0
-
-    def _stagings(self) -> set[str]:
-        try:
-            names = self.fs.ls(self.meta, detail=False)
-        except FileNotFoundError:
-            return set()
-        return {n for n in names if posixpath.basename(n.rstrip("/")).startswith("staging-")}
-
-    def staged(self) -> int:
-        total = 0
-        for path in self._stagings() - self.before:
-            with contextlib.suppress(FileNotFoundError):  # published (renamed) meanwhile
-                total += int(self.fs.du(path, total=True))
-        self.peak = max(self.peak, total)
-        return self.peak
+#: Seconds between two redraws of the bar (the first and last bytes always show).
+_REDRAW_S = 0.1
 
 
 class PushTab(TabBase):
@@ -178,25 +120,24 @@ class PushTab(TabBase):
     ) -> PushResult | None:
         check_model_name(name)
         repo = self.repo
-        self.say(f"Reading the source of {name}...", "running")
-        total = planned_bytes(name, source)
         before = repo.list_versions(name)
-        watch = _StagingWatch(repo.fs, repo.store.meta_path(name))
-        protocols = repo.fs.protocol if isinstance(repo.fs.protocol, tuple) else (repo.fs.protocol,)
-        local = bool({"file", "local"} & set(protocols))
         started = time.monotonic()
+        shown = [0.0]
 
-        def poll() -> None:
-            done = watch.staged()
-            self._show_bytes(done, total, time.monotonic() - started)
+        def bytes_sent(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and shown[0] and now - shown[0] < _REDRAW_S:
+                return
+            shown[0] = now
+            self._show_bytes(done, total, now - started)
 
         self.say(f"Pushing {name} to {describe(repo)[0]}...", "running")
         try:
             result: PushResult = run_interruptible(
                 task,
-                lambda: repo.push(name, source=source, version=version, load=load, progress=False),
-                poll=poll,
-                interval=_POLL_LOCAL_S if local else _POLL_REMOTE_S,
+                lambda: repo.push(
+                    name, source=source, version=version, load=load, progress=bytes_sent
+                ),
             )
         except TaskCancelled:
             self._report_cancel(name, before)

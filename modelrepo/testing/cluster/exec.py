@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 SUPPORTED = (V5, V4)
 _STDIN, _STDOUT, _STDERR, _STATUS, _RESIZE, _CLOSE = 0, 1, 2, 3, 4, 255
+#: What nsenter says when the container's namespaces are gone (its PID 1 has exited).
+_NOT_ENTERED = b"nsenter: cannot open /proc/"
 
 
 def _truthy(value: str | None) -> bool:
@@ -46,6 +48,17 @@ def exit_status(code: int, command: list[str]) -> dict[str, Any]:
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
     }
+
+
+def _runtime_failure(reason: str) -> bytes:
+    """The channel-3 frame for a command the container runtime could not start."""
+    status = {
+        "metadata": {},
+        "status": "Failure",
+        "reason": "InternalError",
+        "message": f"error executing command in container: {reason}",
+    }
+    return bytes([_STATUS]) + json.dumps(status).encode()
 
 
 class _Dropped(Exception):
@@ -97,30 +110,26 @@ async def handle_exec(
             process.exec_argv(command), stdin=want_stdin, env=spec.env, **kwargs
         )
     except OSError as exc:
-        await ws.send_bytes(
-            bytes([_STATUS])
-            + json.dumps(
-                {
-                    "metadata": {},
-                    "status": "Failure",
-                    "reason": "InternalError",
-                    "message": f"error executing command in container: {exc}",
-                }
-            ).encode()
-        )
+        await ws.send_bytes(_runtime_failure(str(exc)))
         await ws.close()
         return ws
     drop = faults.exec_drop(name, command)
     v5 = chosen == V5
     proc = spawned.process
 
+    not_entered: list[bytes] = []  # nsenter could not join the container: it is gone
+
     async def pump(reader: sandbox.PipeReader, channel: int, forward: bool) -> None:
         prefix = bytes([channel])
+        first = True
         while True:
             chunks = await reader.read()
             if not chunks:
                 return
-            if not forward:
+            if first and channel == _STDERR and chunks[0].startswith(_NOT_ENTERED):
+                not_entered.append(b"".join(chunks))
+            first = False
+            if not forward or not_entered:
                 continue
             if drop is not None and drop.direction == "stdout":
                 chunks = _count(drop, chunks)
@@ -184,7 +193,14 @@ async def handle_exec(
             with contextlib.suppress(BaseException):
                 await feeder
             code = sandbox.exit_code(await proc.wait())
-            await ws.send_bytes(bytes([_STATUS]) + json.dumps(exit_status(code, command)).encode())
+            if not_entered and code:
+                # As a container runtime reports an exec into a stopped container: the
+                # command never ran, so it is an error status, not the command's exit code.
+                detail = not_entered[0].decode(errors="replace").strip()
+                await ws.send_bytes(_runtime_failure(f"container not running ({detail})"))
+            else:
+                status = exit_status(code, command)
+                await ws.send_bytes(bytes([_STATUS]) + json.dumps(status).encode())
             await ws.close()
         else:
             feeder.result()

@@ -508,6 +508,10 @@ class Kubelet:
             )
             code = await process.wait()
             failure = await process.start_error()
+            if c.killed_by and code != 0:
+                # The kubelet's SIGKILL: a runtime reports 137 whatever stage the container
+                # (or our sandbox's launcher) had reached.
+                code = 137
         finally:
             writer.close()
         c.process = None
