@@ -4,8 +4,9 @@ In one run against LocalCluster (in a child process, as in ``bench_transfer.py``
 round does, with the two tools' order alternating:
 
 - a first push of a 1 GiB, 20-file model (``config.pbtxt``, ``1/model.py`` and 18 weight
-  shards) with a cold local hash cache: layout check, local sha256, version reservation,
-  staging, verified transfer (sha256 on both sides), manifest, publish by rename;
+  shards) with a cold local hash cache: layout check, local sha256 (and, in the same read,
+  the md5 the transfer is verified with), version reservation, staging, verified transfer
+  (md5 on both sides), manifest, publish by rename;
 - ``kubectl cp`` of the same folder into the helper pod, onto the same claim (no
   verification); target ratio ours/kubectl >= 1.0;
 - an unchanged re-push of the same folder: target <= 5% of the first push's time and
@@ -27,17 +28,15 @@ import collections
 import datetime as dt
 import os
 import platform
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_transfer import (
     CLAIM,
-    Cluster,
+    BenchBase,
     MiB,
     _busybox_version,
     _cpu_name,
@@ -99,22 +98,11 @@ def make_model(base: Path, name: str, shards: Path) -> Path:
     return folder
 
 
-class Bench:
+class Bench(BenchBase):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.work = Path(tempfile.mkdtemp(prefix="bench-push-"))
+        super().__init__(args, "bench-push-", small_file_limit=args.small_mib * MiB)
         os.environ["MODELREPO_CACHE_DIR"] = str(self.work / "cache")
-        self.cluster = Cluster()
-        self.fs = PVCFileSystem(
-            CLAIM,
-            kubeconfig=self.cluster.kubeconfig,
-            streams=args.streams,
-            small_file_limit=args.small_mib * MiB,
-            skip_instance_cache=True,
-        )
-        self.pod = self.fs.helper.ensure()
         self.log = ExecLog(self.fs)
-        self.rows: dict[str, list[dict[str, Any]]] = {}
 
     def timed(self, key: str, fn: Any) -> Any:
         client = self.fs.helper.exec_client
@@ -190,17 +178,7 @@ class Bench:
         want = {k.split("/", 1)[1]: v for k, v in expected.items() if k.startswith("1/")}
         assert got == want, f"version {version} on the claim differs from the source"
 
-    def close(self) -> None:
-        try:
-            self.fs.close()
-        finally:
-            self.cluster.stop()
-            shutil.rmtree(self.work, ignore_errors=True)
-
     # -- report ---------------------------------------------------------------------------------
-
-    def med(self, key: str, field: str) -> float:
-        return statistics.median(r[field] for r in self.rows[key])
 
     def table(self) -> str:
         a = self.args

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,11 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+# The ModelRepos not closed yet: close() keeps a filesystem another one still uses.
+_OPEN: weakref.WeakSet[ModelRepo] = weakref.WeakSet()
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass
@@ -182,6 +189,8 @@ class ModelRepo:
         self.timeout = timeout
         self._hashes = HashCache()
         self._kube_api: KubeAPI | None = None
+        with _OPEN_LOCK:
+            _OPEN.add(self)
 
     @classmethod
     def from_url(
@@ -485,8 +494,9 @@ class ModelRepo:
         """Upload ``files`` into the staging folder with one byte progress bar.
 
         A PVC takes them in one batched, verified ``put_files`` (in place: the staging
-        folder is the unit that gets published) and checks them against the digests the
-        manifest was made from; any other filesystem gets fsspec's ``put``.
+        folder is the unit that gets published) and checks them against the transfer
+        checksums computed in the same read as the manifest's sha256 ``digests`` (so a file
+        changed since is refused, not published); any other filesystem gets fsspec's ``put``.
         """
         if not files:
             return
@@ -500,7 +510,9 @@ class ModelRepo:
                     [(f.abspath, f"{staging}/{f.relpath}") for f in files],
                     callback=bar.bytes_callback(),
                     atomic=False,
-                    sha256={f.abspath: digests[f.abspath] for f in files},
+                    checksums=self._hashes.checksums(
+                        {f.abspath: digests[f.abspath] for f in files}, workers=self.workers
+                    ),
                 )
                 return
             self.fs.put(
@@ -878,9 +890,16 @@ class ModelRepo:
         return ModelRepoPanel(self)
 
     def close(self) -> None:
-        """Delete the helper pod (if any) now rather than at interpreter exit."""
+        """Delete the helper pod (if any) now rather than at interpreter exit.
+
+        fsspec gives every ModelRepo on the same claim the same filesystem (and helper pod):
+        the pod stays while another open ModelRepo of this process still uses it.
+        """
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
+            shared = any(other.fs is self.fs for other in _OPEN)
         closer = getattr(self.fs, "close", None)
-        if callable(closer):
+        if callable(closer) and not shared:
             closer()
         if self._kube_api is not None:
             self._kube_api.close()

@@ -7,10 +7,8 @@ init container fills the emptyDir the Triton container reads.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import filecmp
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,12 +231,6 @@ def test_option_b_build_reads_inputs_read_only_and_writes_a_model(cluster: Clust
 # --------------------------------------------------------------------------- Option A
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Bucket:
     """A local S3 server holding ``s3://models/model-repo/add_one`` and a Secret to read it."""
 
@@ -248,38 +240,19 @@ class Bucket:
 
 @pytest.fixture
 def bucket(cluster: Cluster, tmp_path: Path) -> Iterator[Bucket]:
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from modelrepo.testing import LocalS3
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    keys = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
     secret = unique_name("aws")
-    try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-        )
-        s3.create_bucket(Bucket="models")
+    with LocalS3() as s3:
         model = write_add_one_model(tmp_path / "src", "add_one")
         (model / "1" / "weights.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
-        for path in sorted(p for p in model.rglob("*") if p.is_file()):
-            key = f"model-repo/add_one/{path.relative_to(model).as_posix()}"
-            s3.upload_file(str(path), "models", key)
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}
-        cluster.api.core.create_namespaced_secret(
-            NAMESPACE, {"metadata": {"name": secret}, "type": "Opaque", "data": data}
-        )
-        yield Bucket(endpoint, model, secret)
-    finally:
-        with contextlib.suppress(k8s.ApiException):
-            cluster.api.core.delete_namespaced_secret(secret, NAMESPACE)
-        server.stop()
+        s3.upload(model, "s3://models/model-repo/add_one")
+        cluster.api.core.create_namespaced_secret(NAMESPACE, s3.secret_manifest(secret, NAMESPACE))
+        try:
+            yield Bucket(s3.endpoint_url, model, secret)
+        finally:
+            with contextlib.suppress(k8s.ApiException):
+                cluster.api.core.delete_namespaced_secret(secret, NAMESPACE)
 
 
 @pytest.mark.slow

@@ -23,18 +23,7 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster() as c:
-        c.create_pvc("models")
-        yield c
-
-
-@pytest.fixture(scope="module")
-def host(cluster: LocalCluster) -> Path:
-    path = cluster.pvc_path("models")
-    assert path is not None
-    return path
+# The cluster (claim "models") and claim_dir fixtures: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +54,12 @@ def sha(data: bytes) -> str:
 # -- registration and URLs -------------------------------------------------------------------
 
 
-def test_fsspec_finds_the_protocol_and_urls(cluster: LocalCluster, host: Path) -> None:
+def test_fsspec_finds_the_protocol_and_urls(cluster: LocalCluster, claim_dir: Path) -> None:
     assert fsspec.get_filesystem_class("pvc") is PVCFileSystem
     kc = str(cluster.kubeconfig)
     with fsspec.open("pvc://models/urls/a.txt", "wb", kubeconfig=kc) as f:
         f.write(b"via url")
-    assert (host / "urls/a.txt").read_bytes() == b"via url"
+    assert (claim_dir / "urls/a.txt").read_bytes() == b"via url"
     fs2 = fsspec.filesystem("pvc", claim="models", namespace="default", kubeconfig=kc)
     assert fs2.cat("pvc://models/urls/a.txt") == b"via url"
     assert fs2.unstrip_protocol("/urls/a.txt") == "pvc://models/urls/a.txt"
@@ -78,19 +67,19 @@ def test_fsspec_finds_the_protocol_and_urls(cluster: LocalCluster, host: Path) -
         assert f.read() == b"via url"
 
 
-def test_root_option_confines_paths(cluster: LocalCluster, host: Path) -> None:
+def test_root_option_confines_paths(cluster: LocalCluster, claim_dir: Path) -> None:
     sub = PVCFileSystem(
         "models", kubeconfig=str(cluster.kubeconfig), root="/tenant", skip_instance_cache=True
     )
     sub.pipe_file("/x.txt", b"t")
-    assert (host / "tenant/x.txt").read_bytes() == b"t"
+    assert (claim_dir / "tenant/x.txt").read_bytes() == b"t"
     assert sub.ls("/", detail=False) == ["/x.txt"]
 
 
 # -- semantics and errors ----------------------------------------------------------------------
 
 
-def test_basic_file_operations(fs: PVCFileSystem, host: Path) -> None:
+def test_basic_file_operations(fs: PVCFileSystem, claim_dir: Path) -> None:
     fs.pipe_file("/basic/a.bin", b"0123456789")
     assert fs.cat_file("/basic/a.bin") == b"0123456789"
     assert fs.cat_file("/basic/a.bin", 2, 5) == b"234"
@@ -102,7 +91,7 @@ def test_basic_file_operations(fs: PVCFileSystem, host: Path) -> None:
     assert fs.isdir("/basic") and fs.isfile("/basic/a.bin")
     fs.cp_file("/basic/a.bin", "/basic/b.bin")
     fs.link("/basic/a.bin", "/basic/c.bin")
-    assert (host / "basic/c.bin").stat().st_ino == (host / "basic/a.bin").stat().st_ino
+    assert (claim_dir / "basic/c.bin").stat().st_ino == (claim_dir / "basic/a.bin").stat().st_ino
     assert fs.sha256(["/basic/a.bin", "/basic/b.bin"]) == {
         "/basic/a.bin": sha(b"0123456789"),
         "/basic/b.bin": sha(b"0123456789"),
@@ -111,7 +100,7 @@ def test_basic_file_operations(fs: PVCFileSystem, host: Path) -> None:
     assert sorted(fs.ls("/basic", detail=False)) == ["/basic/a.bin", "/basic/c.bin", "/basic/d.bin"]
     assert fs.du("/basic") == 30
     fs.rm("/basic", recursive=True)
-    assert not (host / "basic").exists()
+    assert not (claim_dir / "basic").exists()
 
 
 def test_exceptions(fs: PVCFileSystem) -> None:
@@ -167,31 +156,31 @@ def test_mkdir_is_an_atomic_allocation(fs: PVCFileSystem) -> None:
     assert len(wins) == 1
 
 
-def test_rename_is_atomic_and_never_replaces(fs: PVCFileSystem, host: Path) -> None:
+def test_rename_is_atomic_and_never_replaces(fs: PVCFileSystem, claim_dir: Path) -> None:
     fs.pipe_file("/pub/.staging/model.py", b"m")
     fs.makedirs("/pub/1")
     with pytest.raises(FileExistsError):
         fs.rename("/pub/.staging", "/pub/1")  # even an empty folder is never replaced
     fs.rename("/pub/.staging", "/pub/2")
-    assert (host / "pub/2/model.py").read_bytes() == b"m"
-    assert not (host / "pub/.staging").exists()
+    assert (claim_dir / "pub/2/model.py").read_bytes() == b"m"
+    assert not (claim_dir / "pub/.staging").exists()
     fs.pipe_file("/pub/a", b"a")
     fs.pipe_file("/pub/b", b"b")
     with pytest.raises(FileExistsError):
         fs.rename("/pub/a", "/pub/b")
     fs.rename("/pub/a", "/pub/c")
-    assert (host / "pub/c").read_bytes() == b"a" and (host / "pub/b").read_bytes() == b"b"
+    assert (claim_dir / "pub/c").read_bytes() == b"a" and (claim_dir / "pub/b").read_bytes() == b"b"
     with pytest.raises(FileNotFoundError):
         fs.rename("/pub/nothing", "/pub/d")
 
 
-def test_open_streams_and_discards_on_error(fs: PVCFileSystem, host: Path) -> None:
+def test_open_streams_and_discards_on_error(fs: PVCFileSystem, claim_dir: Path) -> None:
     data = os.urandom(3 * MiB + 17)
     with fs.open("/stream/w.bin", "wb", block_size=MiB) as f:
         for i in range(0, len(data), 500_000):
             f.write(data[i : i + 500_000])
-        assert not (host / "stream/w.bin").exists()  # appears only when closed
-    assert (host / "stream/w.bin").read_bytes() == data
+        assert not (claim_dir / "stream/w.bin").exists()  # appears only when closed
+    assert (claim_dir / "stream/w.bin").read_bytes() == data
     with fs.open("/stream/w.bin", "rb", block_size=MiB) as f:
         f.seek(2 * MiB)
         assert f.read(100) == data[2 * MiB : 2 * MiB + 100]
@@ -200,8 +189,8 @@ def test_open_streams_and_discards_on_error(fs: PVCFileSystem, host: Path) -> No
     with pytest.raises(RuntimeError), fs.open("/stream/half.bin", "wb", block_size=MiB) as f:
         f.write(os.urandom(2 * MiB))
         raise RuntimeError("interrupted")
-    assert not (host / "stream/half.bin").exists()
-    assert [p.name for p in (host / "stream").iterdir()] == ["w.bin"]  # no temp left
+    assert not (claim_dir / "stream/half.bin").exists()
+    assert [p.name for p in (claim_dir / "stream").iterdir()] == ["w.bin"]  # no temp left
 
 
 def test_listing_round_trips_and_cache(fs: PVCFileSystem) -> None:
@@ -240,7 +229,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_names_round_trip(fs: PVCFileSystem, host: Path, tmp_path: Path) -> None:
+def test_hostile_names_round_trip(fs: PVCFileSystem, claim_dir: Path, tmp_path: Path) -> None:
     for i, name in enumerate(HOSTILE):
         path = f"/hostile/{name}"
         fs.pipe_file(path, name.encode())
@@ -259,8 +248,8 @@ def test_hostile_names_round_trip(fs: PVCFileSystem, host: Path, tmp_path: Path)
     for name in HOSTILE:
         fs.rm_file(f"/hostile/{name}")
     fs.rm("/hostile", recursive=True)
-    leftovers = [p for p in host.rglob("*") if "INJECTED" in p.name]
-    assert leftovers == [] and not (host / "hostile").exists()
+    leftovers = [p for p in claim_dir.rglob("*") if "INJECTED" in p.name]
+    assert leftovers == [] and not (claim_dir / "hostile").exists()
 
 
 def test_too_long_and_nul_names_are_refused(fs: PVCFileSystem) -> None:
@@ -280,10 +269,10 @@ def test_dotdot_cannot_leave_the_claim(fs: PVCFileSystem) -> None:
     assert fs.cat_file("/inside2/ok") == b"ok"
 
 
-def test_symlink_escapes_are_refused_for_writes(fs: PVCFileSystem, host: Path) -> None:
-    (host / "links").mkdir(exist_ok=True)
-    os.symlink("/etc", host / "links/out")
-    os.symlink("../inside2", host / "links/in")
+def test_symlink_escapes_are_refused_for_writes(fs: PVCFileSystem, claim_dir: Path) -> None:
+    (claim_dir / "links").mkdir(exist_ok=True)
+    os.symlink("/etc", claim_dir / "links/out")
+    os.symlink("../inside2", claim_dir / "links/in")
     with pytest.raises(PermissionError, match="outside the claim"):
         fs.pipe_file("/links/out/evil.conf", b"x")
     with pytest.raises(PermissionError):
@@ -291,13 +280,13 @@ def test_symlink_escapes_are_refused_for_writes(fs: PVCFileSystem, host: Path) -
     with pytest.raises(PermissionError):
         fs.rm("/links/out/passwd")
     fs.pipe_file("/links/in/fine", b"f")  # a link that stays inside the claim is fine
-    assert (host / "inside2/fine").read_bytes() == b"f"
+    assert (claim_dir / "inside2/fine").read_bytes() == b"f"
 
 
 # -- transfers -------------------------------------------------------------------------------------
 
 
-def test_tree_put_and_get_are_batched(fs: PVCFileSystem, tmp_path: Path, host: Path) -> None:
+def test_tree_put_and_get_are_batched(fs: PVCFileSystem, tmp_path: Path, claim_dir: Path) -> None:
     src = tmp_path / "src"
     files = {}
     for i in range(300):
@@ -310,9 +299,9 @@ def test_tree_put_and_get_are_batched(fs: PVCFileSystem, tmp_path: Path, host: P
     fs.put(str(src), "/batched", recursive=True)
     assert sessions(fs) - before <= 8, "a 300-file tree must not cost one exec per file"
     for p, data in files.items():
-        assert (host / "batched" / p.relative_to(src)).read_bytes() == data
-    assert (host / "batched/empty").is_dir()
-    assert not [p for p in (host / "batched").iterdir() if p.name.startswith(".mr")]
+        assert (claim_dir / "batched" / p.relative_to(src)).read_bytes() == data
+    assert (claim_dir / "batched/empty").is_dir()
+    assert not [p for p in (claim_dir / "batched").iterdir() if p.name.startswith(".mr")]
     before = sessions(fs)
     fs.get("/batched", str(tmp_path / "back"), recursive=True)
     assert sessions(fs) - before <= 8
@@ -333,7 +322,8 @@ def test_put_files_reports_bytes_and_digests(fs: PVCFileSystem, tmp_path: Path) 
 
     stats = fs.put_files([(str(a), "/pf/a.bin"), (str(b), "/pf/b.bin")], callback=Bytes())
     assert stats.files == 2 and stats.bytes == a.stat().st_size + b.stat().st_size
-    assert stats.sha256["/pf/a.bin"] == sha(a.read_bytes())
+    # the transfer's own checksum (md5), not the content address
+    assert stats.checksums["/pf/a.bin"] == hashlib.md5(a.read_bytes()).hexdigest()
     assert seen[-1] == stats.bytes
     assert fs.sha256(["/pf/b.bin"])["/pf/b.bin"] == sha(b.read_bytes())
 
@@ -344,7 +334,7 @@ def test_dropped_chunk_is_resent_once(protocols: tuple[str, ...], tmp_path: Path
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     with LocalCluster(exec_protocols=protocols) as c:
-        host = c.create_pvc("models")
+        claim_dir = c.create_pvc("models")
         fs = PVCFileSystem(
             "models",
             kubeconfig=str(c.kubeconfig),
@@ -360,7 +350,7 @@ def test_dropped_chunk_is_resent_once(protocols: tuple[str, ...], tmp_path: Path
             stats = fs.put_files([(str(src), "/big.bin")])
             assert [f.kind for f in c.faults.fired] == ["exec-drop"]
             assert stats.chunks_resent == 1
-            assert (host / "big.bin").read_bytes() == data
+            assert (claim_dir / "big.bin").read_bytes() == data
             ratio = (sent(fs) - before) / len(data)
             assert ratio < 1.2, ratio
             c.faults.drop_exec_after(MiB, direction="stdout", command=rf" {8 * MiB} {12 * MiB}$")
@@ -378,7 +368,7 @@ class _Interrupt(Exception):
 
 
 def test_interrupted_upload_resumes_without_resending(
-    fs: PVCFileSystem, tmp_path: Path, host: Path
+    fs: PVCFileSystem, tmp_path: Path, claim_dir: Path
 ) -> None:
     data = os.urandom(24 * MiB)
     src = tmp_path / "resume.bin"
@@ -394,18 +384,18 @@ def test_interrupted_upload_resumes_without_resending(
 
     with pytest.raises(_Interrupt):
         resumable.put_files([(str(src), "/resume/r.bin")], callback=StopHalfway())
-    assert not (host / "resume/r.bin").exists()
-    parts = [p for p in (host / "resume").iterdir() if ".mrpart-" in p.name]
+    assert not (claim_dir / "resume/r.bin").exists()
+    parts = [p for p in (claim_dir / "resume").iterdir() if ".mrpart-" in p.name]
     assert len(parts) == 1
     before = sent(resumable)
     stats = resumable.put_files([(str(src), "/resume/r.bin")])
     assert stats.chunks_reused >= 3
     assert sent(resumable) - before <= len(data) - 3 * 4 * MiB + MiB
-    assert (host / "resume/r.bin").read_bytes() == data
-    assert not [p for p in (host / "resume").iterdir() if ".mrpart-" in p.name]
+    assert (claim_dir / "resume/r.bin").read_bytes() == data
+    assert not [p for p in (claim_dir / "resume").iterdir() if ".mrpart-" in p.name]
 
 
-def test_killed_helper_mid_transfer(cluster: LocalCluster, tmp_path: Path, host: Path) -> None:
+def test_killed_helper_mid_transfer(cluster: LocalCluster, tmp_path: Path, claim_dir: Path) -> None:
     data = os.urandom(48 * MiB)
     src = tmp_path / "kill.bin"
     src.write_bytes(data)
@@ -430,7 +420,11 @@ def test_killed_helper_mid_transfer(cluster: LocalCluster, tmp_path: Path, host:
     t.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        parts = list((host / "kill").glob(".k.bin.mrpart-*")) if (host / "kill").exists() else []
+        parts = (
+            list((claim_dir / "kill").glob(".k.bin.mrpart-*"))
+            if (claim_dir / "kill").exists()
+            else []
+        )
         if parts and parts[0].stat().st_size >= 12 * MiB:
             break
         time.sleep(0.02)
@@ -439,7 +433,7 @@ def test_killed_helper_mid_transfer(cluster: LocalCluster, tmp_path: Path, host:
     t.join(120)
     assert not errors, errors
     assert fs.helper.pod_name != first
-    assert (host / "kill/k.bin").read_bytes() == data
+    assert (claim_dir / "kill/k.bin").read_bytes() == data
     fs.close()
 
 

@@ -108,31 +108,19 @@ def test_missing_claim_is_a_clear_error(cluster: LocalCluster, tmp_path: Path):
 
 
 def test_push_from_s3_source(repo: ModelRepo, tmp_path: Path, claim_dir: Path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    from modelrepo.testing import LocalS3
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="models")
+    with LocalS3() as s3:
+        for key, value in s3.credentials.items():
+            monkeypatch.setenv(key, value)  # what the source's s3fs reads, as boto3 would
+        monkeypatch.setenv("AWS_DEFAULT_REGION", s3.region)
         source = model_source(tmp_path, "from_s3", b"s3-bytes" * 1000)
-        for path in source.rglob("*"):
-            if path.is_file():
-                key = f"model-repo/from_s3/{path.relative_to(source).as_posix()}"
-                s3.put_object(Bucket="models", Key=key, Body=path.read_bytes())
+        s3.upload(source, "s3://models/model-repo/from_s3")
         result = repo.push(
             "from_s3",
             source="s3://models/model-repo/from_s3",
-            source_options={"endpoint_url": endpoint},
+            source_options={"endpoint_url": s3.endpoint_url},
         )
-    finally:
-        server.stop()
     assert result.version == 1
     assert (claim_dir / "from_s3" / "1" / "weights.bin").read_bytes() == b"s3-bytes" * 1000
     assert repo.load("from_s3").ok
@@ -182,3 +170,21 @@ def test_empty_folder_lists_as_empty_after_its_parent_was_listed(repo: ModelRepo
     fs.ls("/listing_probe")  # caches the parent's listing
     assert fs.ls("/listing_probe/empty", detail=False) == []
     fs.rm("/listing_probe", recursive=True)
+
+
+def test_closing_one_repo_keeps_the_helper_another_still_uses(cluster: LocalCluster):
+    def open_repo() -> ModelRepo:
+        return ModelRepo(pvc=CLAIM, namespace="default", kubeconfig=cluster.kubeconfig)
+
+    first, second = open_repo(), open_repo()
+    first.list_models()
+    assert second.fs is first.fs  # fsspec hands both the same filesystem
+    pod = first.fs.helper.pod_name
+    assert pod is not None
+    second.close()
+    assert cluster.get("Pod", pod) is not None  # still first's
+    first.list_models()
+    assert first.fs.helper.pod_name == pod
+    first.close()
+    gone = cluster.get("Pod", pod)
+    assert gone is None or gone["metadata"].get("deletionTimestamp")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,53 +20,17 @@ TRITON_REPLICAS = 1  # the cluster and repo fixtures: tests/conftest.py
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A moto S3 server with s3://models/model-repo/s3_model and a Secret holding its keys."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+    """A local S3 with s3://models/model-repo/s3_model and a Secret holding its keys."""
+    from modelrepo.testing import LocalS3
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY": "very-secret-value"}
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            **{
-                "aws_access_key_id": keys["AWS_ACCESS_KEY_ID"],
-                "aws_secret_access_key": keys["AWS_SECRET_ACCESS_KEY"],
-            },
-        )
-        client.create_bucket(Bucket="models")
+    with LocalS3(access_key="AKIAEXAMPLEKEY", secret_key="very-secret-value") as server:
         model = write_add_one_model(tmp_path_factory.mktemp("s3src"), "s3_model")
         (model / "1" / "weights.bin").write_bytes(bytes(range(256)) * 2048)
-        for path in sorted(p for p in model.rglob("*") if p.is_file()):
-            key = f"model-repo/s3_model/{path.relative_to(model).as_posix()}"
-            client.upload_file(str(path), "models", key)
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}
-        cluster.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "aws-creds"},
-                "type": "Opaque",
-                "data": data,
-            },
-            namespace="default",
-        )
-        yield {"endpoint": endpoint, "model": model, "keys": keys}
-    finally:
-        server.stop()
+        server.upload(model, "s3://models/model-repo/s3_model")
+        cluster.create(server.secret_manifest("aws-creds"), namespace="default")
+        yield {"endpoint": server.endpoint_url, "model": model, "keys": server.credentials}
 
 
 def test_push_via_job_syncs_s3_in_the_cluster_and_publishes(

@@ -3,14 +3,15 @@
 Large files move in chunks (``chunk_size``, default 64 MiB) over ``streams`` parallel exec
 sessions shared by all the files of a call. Each chunk is written at its offset of a hidden
 part file next to the target; a chunk whose stream drops is sent again at once. Then the
-file is verified by sha256 on both sides: the helper pod hashes it in a few ranges in
-parallel (:func:`hash_ranges`; busybox ``sha256sum`` reads 4 KiB at a time, so the last
-range is read straight from the file and only the others go through a pipe, which costs
-about a third more CPU), and a local thread hashes the same ranges of the source while the
-chunks go out. A range whose digests differ is checked chunk by chunk and only its bad
-chunks are sent again, each verified as it lands. A part file left by an interrupted run is
-reused: its chunks are not sent again, and are verified with the rest. One exec then renames
-every part file onto its target, so a half-written file never appears under its name.
+file is verified by the transfer checksum (:data:`_shell.CHECKSUM`, md5) on both sides: the
+helper pod hashes it in a few ranges in parallel (:func:`hash_ranges`; busybox ``md5sum``
+reads 4 KiB at a time, so the last range is read straight from the file and only the others
+go through a pipe, which costs about a third more CPU), and a local thread hashes the same
+ranges of the source while the chunks go out. A range whose digests differ is checked chunk
+by chunk and only its bad chunks are sent again, each verified as it lands. A part file
+left by an interrupted run is reused: its chunks are not sent again, and are verified with
+the rest. One exec then renames every part file onto its target, so a half-written file
+never appears under its name.
 
 Downloads mirror this: chunks stream in parallel into local part files while the helper
 pod hashes each whole file and a local thread hashes the chunks in order as they land.
@@ -63,7 +64,8 @@ class TransferStats:
     chunks_resent: int = 0
     chunks_reused: int = 0
     seconds: float = 0.0
-    sha256: dict[str, str] = field(default_factory=dict)
+    #: each batched file's transfer checksum (:data:`_shell.CHECKSUM`), by path
+    checksums: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -83,7 +85,7 @@ class TransferStats:
                 "chunks_reused",
             ):
                 setattr(self, key, getattr(self, key) + getattr(other, key))
-            self.sha256.update(other.sha256)
+            self.checksums.update(other.checksums)
 
 
 class Progress:
@@ -167,7 +169,7 @@ class _Source:
                 yield piece
 
     def digest(self, offset: int, length: int) -> str:
-        h = hashlib.sha256()
+        h = sh.new_checksum()
         for _ in self.pieces(offset, length, h, lambda n: None):
             pass
         return h.hexdigest()
@@ -177,7 +179,7 @@ def hash_ranges(size: int, chunk: int, parts: int = 2) -> list[tuple[int, int]]:
     """How the helper pod verifies a file: (offset, length) ranges hashed in parallel.
 
     The last range is hashed straight from the file (see :data:`_shell.HASH_RANGE`), the
-    other through a pipe, which costs busybox ``sha256sum`` about a third more CPU: it gets
+    other through a pipe, which costs busybox ``md5sum`` about a third more CPU: it gets
     the smaller share (40%, whole chunks). A file of one chunk, or ``parts=1``, is one range.
     """
     chunks = -(-size // chunk)
@@ -188,7 +190,8 @@ def hash_ranges(size: int, chunk: int, parts: int = 2) -> list[tuple[int, int]]:
 
 
 def _pod_digest(fs: PVCFileSystem, path: str, offset: int, length: int, size: int) -> str:
-    """sha256 of bytes [offset, offset+length) of a file on the claim (to its end if last)."""
+    """The checksum of bytes [offset, offset+length) of a file on the claim (to its end if
+    last)."""
     to_end = offset + length >= size
     res = fs._sh(sh.HASH_RANGE, path, str(offset), "" if to_end else str(length))
     sh.raise_for(res, fs._name(path), "hash")
@@ -239,7 +242,7 @@ def upload_many(
     mode: str = "overwrite",
     progress: Progress | None = None,
 ) -> TransferStats:
-    """Upload sources to remote paths in chunks, then verify each file by sha256 ranges.
+    """Upload sources to remote paths in chunks, then verify each file by checksum ranges.
 
     One exec prepares every file's hidden part file. The chunks of all files share
     ``fs.streams`` sessions, each written at its offset (a dropped one is sent again at
@@ -315,7 +318,7 @@ def _mend(
     """A range of a part file failed verification: resend its bad chunks, each verified."""
     chunk = fs.chunk_size
     offsets = list(range(offset, offset + length, chunk))
-    res = fs._sh(sh.RANGES_SHA256, u.part, str(chunk), *map(str, offsets))
+    res = fs._sh(sh.RANGES_CHECKSUM, u.part, str(chunk), *map(str, offsets))
     sh.raise_for(res, fs._name(u.part), "hash")
     theirs = [line.split(" ", 1)[0] for line in sh.decode(res.stdout).splitlines()]
     bad = [
@@ -378,7 +381,7 @@ def _send_chunk(
     the sent bytes' hash; without, the caller verifies later (by range).
     """
     for attempt in range(MAX_ATTEMPTS):
-        digest = hashlib.sha256() if verify else None
+        digest = sh.new_checksum() if verify else None
         moved = [0]
 
         def counted(n: int, moved: list[int] = moved) -> None:
@@ -467,13 +470,13 @@ def download_many(
     *,
     progress: Progress | None = None,
 ) -> TransferStats:
-    """Download (remote, local path, size) files in chunks, each verified by sha256 ranges.
+    """Download (remote, local path, size) files in chunks, each verified by its checksum.
 
     The chunks of every file stream in parallel into local part files. Meanwhile the
     helper pod hashes each whole file straight from the claim (two files at a time) and a
     local thread hashes the chunks in order as they land. One hash per file, not a range
     each: it runs while the bytes travel, and a range through a pipe costs busybox
-    ``sha256sum`` a third more CPU (see :func:`hash_ranges`). A file whose digests differ
+    ``md5sum`` a third more CPU (see :func:`hash_ranges`). A file whose digests differ
     is checked chunk by chunk and only its bad chunks are fetched again. A file appears
     under its name only once verified.
     """
@@ -532,7 +535,7 @@ def download_many(
 
 
 class _InOrderHasher:
-    """sha256 of local files' ranges, chunk by chunk in order, each as soon as it landed.
+    """The checksum of local files' ranges, chunk by chunk in order, each once it landed.
 
     ``files``: (fd, chunks [(offset, length)], hash ranges [(offset, length)]) per file,
     ranges starting on chunk boundaries; :meth:`run` returns each file's range digests.
@@ -562,11 +565,11 @@ class _InOrderHasher:
         for index, (fd, chunks, ranges) in enumerate(self._files):
             starts = {o for o, _ in ranges}
             digests: list[str] = []
-            digest = hashlib.sha256()
+            digest = sh.new_checksum()
             for offset, length in chunks:
                 if offset in starts and offset:
                     digests.append(digest.hexdigest())
-                    digest = hashlib.sha256()
+                    digest = sh.new_checksum()
                 with self._cond:
                     while (index, offset) not in self._landed and not self._stopped:
                         self._cond.wait()
@@ -603,13 +606,13 @@ def _repair(
     """A range's digests differ: find its chunks that do by range hashes, fetch those again."""
     offsets = [o for o, _ in chunks]
     for _attempt in range(MAX_ATTEMPTS):
-        res = fs._sh(sh.RANGES_SHA256, remote, str(fs.chunk_size), *map(str, offsets))
+        res = fs._sh(sh.RANGES_CHECKSUM, remote, str(fs.chunk_size), *map(str, offsets))
         sh.raise_for(res, fs._name(remote), "hash")
         theirs = [line.split(" ", 1)[0] for line in sh.decode(res.stdout).splitlines()]
         bad = [
             (o, n)
             for i, (o, n) in enumerate(chunks)
-            if i >= len(theirs) or theirs[i] != _hash_range(fd, o, n, hashlib.sha256()).hexdigest()
+            if i >= len(theirs) or theirs[i] != _hash_range(fd, o, n, sh.new_checksum()).hexdigest()
         ]
         if not bad:
             return
@@ -686,7 +689,7 @@ class _Member:
     remote: str  # final remote path
     size: int
     mtime: float
-    sha256: str | None = None  # known already (the caller hashed the file): not hashed again
+    checksum: str | None = None  # known already (the caller hashed the file): not hashed again
 
 
 class _Known:
@@ -716,7 +719,7 @@ def _tar_stream(
     buf = bytearray()
     for m in members:
         buf += _tar_header(m.rel, m.size, m.mtime)
-        h: Any = _Known(m.sha256) if m.sha256 else hashlib.sha256()
+        h: Any = _Known(m.checksum) if m.checksum else sh.new_checksum()
         digests[m.rel] = h
         remaining = m.size
         with open(m.lpath, "rb") as f:
@@ -755,7 +758,7 @@ def upload_batch(
     stats: TransferStats,
     progress: Progress,
 ) -> None:
-    """Send ``members`` as one tar into ``staging`` and verify every file's sha256."""
+    """Send ``members`` as one tar into ``staging`` and verify every file's checksum."""
     pending = members
     for attempt in range(MAX_ATTEMPTS):
         digests: dict[str, Any] = {}
@@ -777,18 +780,18 @@ def upload_batch(
             continue
         stats.add(bytes_sent=res.bytes_sent)
         sh.raise_for(res, fs._name(staging), "unpack files into")
-        remote = sh.parse_sha256(res.stdout, names)
+        remote = sh.parse_digests(res.stdout, names)
         failed = []
         for m, name in zip(pending, names, strict=False):
             local = digests[m.rel].hexdigest()
             if remote.get(name) == local:
-                stats.sha256[fs._name(m.remote)] = local
+                stats.checksums[fs._name(m.remote)] = local
             else:
                 failed.append(m)
         if not failed:
             return
         for m in failed:
-            if m.sha256 and _Source(m.lpath).digest(0, m.size) != m.sha256:
+            if m.checksum and _Source(m.lpath).digest(0, m.size) != m.checksum:
                 raise TransferError(
                     f"{m.lpath} changed after it was hashed (while being uploaded)",
                     hint="do not modify files while they are being pushed; run it again",
@@ -830,7 +833,7 @@ def download_batch(
     for attempt in range(MAX_ATTEMPTS):
         remotes = [r for r, _, _ in pending]
         with ThreadPoolExecutor(max_workers=1) as hasher:
-            hashed = hasher.submit(fs._sh, sh.SHA256, *remotes, attempts=3)
+            hashed = hasher.submit(fs._sh, sh.CHECKSUMS, *remotes, attempts=3)
             writer = _Splitter(pending, progress)
             try:
                 res = fs._sh(sh.CAT_MANY, *remotes, stdout=writer.write, attempts=1)
@@ -845,14 +848,14 @@ def download_batch(
         try:
             sh.raise_for(res, fs._name(remotes[0]), "read")
             sh.raise_for(hres, fs._name(remotes[0]), "hash")
-            remote = sh.parse_sha256(hres.stdout, remotes)
+            remote = sh.parse_digests(hres.stdout, remotes)
         except BaseException:
             writer.abort()
             raise
         failed = writer.finish(remote)
         for (r, _, _), digest in zip(pending, writer.digests, strict=False):
             if (r, digest) not in failed:
-                stats.sha256[fs._name(r)] = digest
+                stats.checksums[fs._name(r)] = digest
         if not failed:
             return
         stats.add(chunks_resent=1)
@@ -874,7 +877,7 @@ class _Splitter:
         self.total = 0
         self.tmps: list[str] = []
         self.digests: list[str] = []
-        self._h = hashlib.sha256()
+        self._h = sh.new_checksum()
         self._f: Any = None
         self._open_next()
 
@@ -887,7 +890,7 @@ class _Splitter:
             tmp = local_part(lpath)
             self.tmps.append(tmp)
             self._f = open(tmp, "wb")  # noqa: SIM115 - closed in _close_current
-            self._h = hashlib.sha256()
+            self._h = sh.new_checksum()
             self.left = size
             if size > 0:
                 return

@@ -14,7 +14,6 @@ chunks (:mod:`modelrepo.fs._transfer`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import re
@@ -394,18 +393,29 @@ class PVCFileSystem(AbstractFileSystem):
         return datetime.fromtimestamp(self.info(path)["created"], tz=timezone.utc)
 
     def sha256(self, paths: str | Iterable[str]) -> dict[str, str]:
-        """sha256 hex digests of many files, computed in the helper pod in ONE exec."""
+        """sha256 hex digests of many files, computed in the helper pod in ONE exec.
+
+        For content addresses (what a manifest records); transfers verify themselves with
+        the cheaper :data:`modelrepo.fs.CHECKSUM`.
+        """
         names = (
             [self._strip_protocol(paths)]
             if isinstance(paths, str)
             else [self._strip_protocol(p) for p in paths]
         )
+        return self._hash_many(names, sh.SHA256, 64)
+
+    def _checksums(self, names: list[str]) -> dict[str, str]:
+        """The transfer checksum (:data:`_shell.CHECKSUM`) of many files, in one exec."""
+        return self._hash_many(names, sh.CHECKSUMS, sh.checksum_hex_length())
+
+    def _hash_many(self, names: list[str], script: str, hex_length: int) -> dict[str, str]:
         out: dict[str, str] = {}
         for group in _groups(names, _ARGS_PER_EXEC):
             remotes = [self._remote(n) for n in group]
-            res = self._sh(sh.SHA256, *remotes)
+            res = self._sh(script, *remotes)
             sh.raise_for(res, group[0] if len(group) == 1 else f"{len(group)} files", "hash")
-            digests = sh.parse_sha256(res.stdout, remotes)
+            digests = sh.parse_digests(res.stdout, remotes, hex_length)
             out.update({n: digests[r] for n, r in zip(group, remotes, strict=True)})
         return out
 
@@ -493,9 +503,9 @@ class PVCFileSystem(AbstractFileSystem):
         return f"{parent}/.{base[:80]}.mrtmp-{secrets.token_hex(4)}"
 
     def _write_small(self, path: str, data: bytes, mode: str) -> ExecResult:
-        """Write ``data`` in one exec: temp file, sha256 check, then rename (or link)."""
+        """Write ``data`` in one exec: temp file, checksum check, then rename (or link)."""
         remote = self._remote(path)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sh.checksum_of(data)
         for attempt in range(tx.MAX_ATTEMPTS):
             tmp = self._tmp_name(remote)
             try:
@@ -757,25 +767,29 @@ class PVCFileSystem(AbstractFileSystem):
         callback: Any = None,
         mode: str = "overwrite",
         atomic: bool = True,
-        sha256: Mapping[str, str] | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> tx.TransferStats:
         """Upload many (local path, remote path) pairs; returns what it cost.
 
         Local folders become remote folders; parents are created. Files that fit in one
         chunk (up to ``chunk_size`` or ``small_file_limit``, whichever is larger) travel in
-        tar batches, are hashed in the pod in the same exec (``sha256sum`` reading the
+        tar batches, are hashed in the pod in the same exec (``md5sum`` reading the
         unpacked files: cheaper than hashing a chunk through a pipe) and, with
         ``atomic=True``, are staged and renamed into place (a reader never sees a partial
         file); ``atomic=False`` unpacks them in place (for a caller that stages the whole
         tree itself, like ModelRepo). Bigger files go in verified, resumable chunks, all
         files' chunks sharing the ``streams`` parallel sessions.
-        Every byte is sha256-verified on both sides. ``stats.sha256`` maps each batched
-        file's path to its digest (chunked files are verified chunk by chunk; their
-        whole-file digest is not computed). ``callback`` (an fsspec Callback) gets
-        ``set_size(total bytes)`` and ``relative_update(n)`` as bytes go out (negative when
-        a chunk is resent). ``mode="create"`` refuses to replace existing files.
-        ``sha256``: digests already known by local path (a push hashed the files for its
-        manifest); batched files are then checked against them instead of hashed again here.
+        Every byte is verified on both sides by the transfer checksum
+        (:data:`modelrepo.fs.CHECKSUM`, md5: it guards against damage, not an adversary).
+        ``stats.checksums`` maps each batched file's path to its checksum (chunked files are
+        verified by ranges; their whole-file checksum is not computed). ``callback`` (an
+        fsspec Callback) gets ``set_size(total bytes)`` and ``relative_update(n)`` as bytes
+        go out (negative when a chunk is resent). ``mode="create"`` refuses to replace
+        existing files.
+        ``checksums``: transfer checksums already known by local path (a push computed them
+        with its manifest's sha256, in the same read: :meth:`HashCache.checksums
+        <modelrepo.hashing.HashCache.checksums>`); batched files are then checked against
+        them instead of hashed again here, and one that changed since is refused.
         """
         stats = tx.TransferStats()
         started = tx.time.monotonic()
@@ -803,7 +817,7 @@ class PVCFileSystem(AbstractFileSystem):
                     path=self._name(existing[0]),
                 )
         if small:
-            self._put_small(small, dirs, stats, progress, atomic, sha256 or {})
+            self._put_small(small, dirs, stats, progress, atomic, checksums or {})
         elif dirs:
             res = self._sh(sh.merge_script(None, [], dirs))
             sh.raise_for(res, self._name(dirs[0]), "create folders")
@@ -894,8 +908,7 @@ class PVCFileSystem(AbstractFileSystem):
         remote = self._remote(rpath)
         for _ in range(tx.MAX_ATTEMPTS):
             data = self.cat_file(rpath)
-            digest = self.sha256([rpath])[rpath]
-            if hashlib.sha256(data).hexdigest() == digest:
+            if sh.checksum_of(data) == self._checksums([rpath])[rpath]:
                 return data
         raise TransferError(
             f"{rpath!r} changed while it was read ({remote})",

@@ -1,7 +1,7 @@
-"""The local stack: a real Triton server and a Kubernetes emulator, for tests and demos.
+"""The local stack: a real Triton server, a Kubernetes emulator and an S3 endpoint.
 
-Library code never imports this package; ``LocalCluster`` is loaded on first use so that
-importing ``LocalTriton`` stays cheap.
+For tests, demos and notebooks. Library code never imports this package; ``LocalCluster``
+and ``LocalS3`` are loaded on first use so that importing ``LocalTriton`` stays cheap.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelrepo.testing.triton import LocalTriton
 
-__all__ = ["LocalCluster", "LocalTriton"]
+__all__ = ["LocalCluster", "LocalS3", "LocalTriton"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from modelrepo.testing.cluster import LocalCluster
+    from modelrepo.testing.s3 import LocalS3
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from modelrepo.testing.cluster import LocalCluster
 
         return LocalCluster
+    if name == "LocalS3":
+        from modelrepo.testing.s3 import LocalS3
+
+        return LocalS3
     raise AttributeError(f"module 'modelrepo.testing' has no attribute {name!r}")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from modelrepo.errors import InputError, LayoutError, ModelRepoError
+from modelrepo.fs._shell import SUM, checksum_hex_length
 from modelrepo.repo import ModelRepo
 from modelrepo.testing.models import write_add_one_model
 from modelrepo.transport.api import RetryPolicy
@@ -64,9 +65,9 @@ _TRITON_BY_PRODUCTS = frozenset({"__pycache__"})
 #: does not fire fails, so a drift here is caught, not hidden.
 COMMANDS: dict[str, str] = {
     "chunk": r"seek_bytes",  # a chunk written at its offset (stdin: the chunk)
-    "verify": r'skip="\$2"[\s\S]*sha256sum',  # the sha256 of a written range (stdout)
+    "verify": r'skip="\$2"[\s\S]*' + SUM,  # the checksum of a written range (stdout)
     "tar": r"tar x",  # a batch of small files as one tar stream (stdin: the tar)
-    "write": r"sha256sum < ",  # one small file in one exec: manifest, config (stdin)
+    "write": SUM + " < ",  # one small file in one exec: manifest, config (stdin)
     "listing": r'there "\$1" \|\| exit 0',  # find of a whole model tree (stdout)
     "read": r'\[ -z "\$2\$3" \]',  # cat of one file, e.g. a manifest (stdout)
 }
@@ -710,7 +711,13 @@ class ReliabilityMatrix:
             what = "upload (stdin) of a chunk, a tar batch or a small file"
         else:
             count = self.stdout_drops
-            targets = [("listing", 200, 3), ("verify", 64, 3), ("tar", 120, 2), ("read", 300, 2)]
+            digest = checksum_hex_length()  # a cut inside the digest the pod prints
+            targets = [
+                ("listing", 200, 3),
+                ("verify", digest, 3),
+                ("tar", 120, 2),
+                ("read", 300, 2),
+            ]
             fast_fail = ["listing", "read"]
             what = "answer (stdout): a listing, a chunk's or a batch's digest, a manifest"
         row = FaultRow(

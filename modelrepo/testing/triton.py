@@ -28,9 +28,9 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from modelrepo.errors import LocalStackError
+from modelrepo.testing._service import LocalService
 
 __all__ = ["LocalTriton", "TritonInstall", "locate_triton"]
 
@@ -179,7 +179,7 @@ def _kill_group(proc: subprocess.Popen[bytes], timeout: float, shm_prefix: str) 
                 region.unlink()
 
 
-class LocalTriton:
+class LocalTriton(LocalService):
     """A real Triton server process serving ``repository``, on loopback ports.
 
     Use it as a context manager (``with LocalTriton(repository=path) as triton: triton.url``)
@@ -389,17 +389,6 @@ class LocalTriton:
                 hint="Call .start() or use it as a context manager: "
                 "`with LocalTriton(repository=path) as triton: ...`.",
             )
-
-    def __enter__(self) -> LocalTriton:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"

@@ -21,10 +21,10 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelrepo.errors import LocalStackError
+from modelrepo.testing._service import LocalService
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -46,7 +46,7 @@ _SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 _CALL_TIMEOUT = 60.0
 
 
-class LocalCluster:
+class LocalCluster(LocalService):
     """A local Kubernetes API server with pods that run in busybox-like sandboxes.
 
     ``version`` is what ``/version`` reports (kubectl's dispatcher picks the matching
@@ -309,17 +309,6 @@ class LocalCluster:
             shutil.rmtree(base / "pods", ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 (base / "kubeconfig").unlink()
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- connection ----------------------------------------------------------------------
     @property
