@@ -4,9 +4,9 @@ In one run against LocalCluster (in a child process, as in ``bench_transfer.py``
 round does, with the two tools' order alternating:
 
 - a first push of a 1 GiB, 20-file model (``config.pbtxt``, ``1/model.py`` and 18 weight
-  shards) with a cold local hash cache: layout check, local sha256 (and, in the same read,
-  the md5 the transfer is verified with), version reservation, staging, verified transfer
-  (md5 on both sides), manifest, publish by rename;
+  shards) with a cold local hash cache: layout check, local sha256 (the digests the
+  transfer is verified against), version reservation, staging, verified transfer (the
+  transfer checksum on both sides), manifest, publish by rename;
 - ``kubectl cp`` of the same folder into the helper pod, onto the same claim (no
   verification); target ratio ours/kubectl >= 1.0;
 - an unchanged re-push of the same folder: target <= 5% of the first push's time and

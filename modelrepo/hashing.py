@@ -2,10 +2,10 @@
 
 Re-pushing an unchanged 13 GB model must not re-read 13 GB: like git's index, a small
 cache keyed by (path, size, mtime, inode) returns the digest of a file that has not changed.
-The same read also computes the file's transfer checksum (:data:`modelrepo.fs.CHECKSUM`,
-md5), the one the helper pod verifies a transfer with, so sending the file does not read
-and hash it again; it is kept by content (by sha256), so it always belongs to exactly the
-bytes the manifest's sha256 describes.
+The transfer checksum the helper pod verifies with (:data:`modelrepo.fs.CHECKSUM`) is that
+same sha256, so sending a file does not read and hash it again. Were it another algorithm,
+the same read would compute it too, kept by content (by sha256) so that it always belongs to
+exactly the bytes the manifest's sha256 describes.
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ def cache_dir() -> Path:
 
 def hash_file(path: str | os.PathLike[str]) -> tuple[str, str]:
     """(sha256, transfer checksum) of a file, in one read."""
-    sha, check = hashlib.sha256(), new_checksum()
+    sha = hashlib.sha256()
+    check = None if CHECKSUM == "sha256" else new_checksum()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             sha.update(chunk)
-            check.update(chunk)
-    return sha.hexdigest(), check.hexdigest()
+            if check is not None:
+                check.update(chunk)
+    digest = sha.hexdigest()
+    return digest, digest if check is None else check.hexdigest()
 
 
 class HashCache:
@@ -110,6 +113,8 @@ class HashCache:
         whatever happened to the file since. A content hashed before this cache kept
         checksums is read again, and refused if it no longer has that sha256.
         """
+        if CHECKSUM == "sha256":
+            return dict(digests)
         out: dict[str, str] = {}
         with self._lock:
             db = self._conn()

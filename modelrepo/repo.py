@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from modelrepo._tables import html_table, text_table
-from modelrepo.errors import InputError, ModelRepoError, TritonError
+from modelrepo.errors import InputError, ModelRepoError, TransferError, TritonError
 from modelrepo.hashing import HashCache
 from modelrepo.incluster import claim_path as claim_relative
 from modelrepo.progress import BytesProgress, ProgressListener
@@ -52,6 +52,24 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    """(size, mtime, inode): what changes when a file is rewritten (git's and rsync's test)."""
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _refuse_changed(files: list[LocalFile], before: dict[str, tuple[int, int, int]]) -> None:
+    """A file rewritten while it was hashed or sent would publish bytes its manifest lies about."""
+    changed = [f.relpath for f in files if _identity(f.abspath) != before[f.abspath]]
+    if changed:
+        raise TransferError(
+            f"{len(changed)} file(s) changed while they were being pushed: "
+            + ", ".join(changed[:5])
+            + ("..." if len(changed) > 5 else ""),
+            hint="let the build that writes them finish, then push again (nothing was published)",
+        )
 
 
 # The ModelRepos not closed yet: close() keeps a filesystem another one still uses.
@@ -414,6 +432,7 @@ class ModelRepo:
     ) -> PushResult:
         name = src.model
         files: list[LocalFile] = src.versions[source_version]
+        before = {f.abspath: _identity(f.abspath) for f in files}
         digests = self._hashes.digests([f.abspath for f in files], workers=self.workers)
         known = self._dedup_index(name, published)
         to_link = [f for f in files if digests[f.abspath] in known]
@@ -425,6 +444,7 @@ class ModelRepo:
             staging = self.store.new_staging(name)
             self._link(known, digests, to_link, staging)
             self._send(to_send, digests, staging, f"{name} v{version}", progress)
+            _refuse_changed(to_send, before)
             if src.config_text is not None and src.config_text != existing_config:
                 self.store.write_text_atomic(
                     f"{self.store.model_path(name)}/config.pbtxt", src.config_text

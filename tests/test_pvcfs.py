@@ -15,6 +15,7 @@ import pytest
 from fsspec.callbacks import Callback
 
 from modelrepo.fs import PVCFileSystem, PVCPathError
+from modelrepo.fs import _shell as sh
 from modelrepo.testing import LocalCluster
 from modelrepo.testing.cluster import V4, V5
 
@@ -322,8 +323,8 @@ def test_put_files_reports_bytes_and_digests(fs: PVCFileSystem, tmp_path: Path) 
 
     stats = fs.put_files([(str(a), "/pf/a.bin"), (str(b), "/pf/b.bin")], callback=Bytes())
     assert stats.files == 2 and stats.bytes == a.stat().st_size + b.stat().st_size
-    # the transfer's own checksum (md5), not the content address
-    assert stats.checksums["/pf/a.bin"] == hashlib.md5(a.read_bytes()).hexdigest()
+    # the transfer's own checksum
+    assert stats.checksums["/pf/a.bin"] == sh.checksum_of(a.read_bytes())
     assert seen[-1] == stats.bytes
     assert fs.sha256(["/pf/b.bin"])["/pf/b.bin"] == sha(b.read_bytes())
 

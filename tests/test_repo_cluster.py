@@ -188,3 +188,18 @@ def test_closing_one_repo_keeps_the_helper_another_still_uses(cluster: LocalClus
     first.close()
     gone = cluster.get("Pod", pod)
     assert gone is None or gone["metadata"].get("deletionTimestamp")
+
+
+def test_a_file_rewritten_during_a_pvc_push_is_refused(repo: ModelRepo, tmp_path: Path):
+    source = model_source(tmp_path, "rewritten", os.urandom(2 << 20))
+    weights = source / "1" / "weights.bin"
+
+    def build_still_writing(done: int, total: int) -> None:
+        if weights.stat().st_size == 2 << 20:
+            with weights.open("ab") as f:
+                f.write(b"more")
+
+    with pytest.raises(ModelRepoError, match="changed while they were being pushed"):
+        repo.push("rewritten", source=source, progress=build_still_writing)
+    assert repo.list_versions("rewritten") == []
+    assert repo.push("rewritten", source=source).version == 1

@@ -9,7 +9,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from modelrepo import ModelRepo
-from modelrepo.errors import LayoutError, ModelRepoError, VersionExistsError
+from modelrepo.errors import LayoutError, ModelRepoError, TransferError, VersionExistsError
 from modelrepo.testing.models import write_add_one_model
 
 
@@ -172,6 +172,27 @@ def test_failed_push_leaves_no_version_and_no_staging(
     assert not list((meta / "reserved").iterdir())
     fs.fail_on = -1
     assert repo.push("add_one", source=source).version == 1
+
+
+def test_a_file_rewritten_during_the_push_is_refused_and_nothing_published(
+    repo: ModelRepo, source: Path, claim: Path
+):
+    """A build still writing its weights must not yield a version whose manifest lies."""
+    weights = source / "1" / "weights.bin"
+
+    def build_still_writing(done: int, total: int) -> None:
+        if weights.stat().st_size == 300_000:
+            with weights.open("ab") as f:
+                f.write(b"more")
+
+    with pytest.raises(TransferError, match="changed while they were being pushed") as err:
+        repo.push("add_one", source=source, progress=build_still_writing)
+    assert "weights.bin" in str(err.value) and "push again" in str(err.value)
+    assert repo.list_versions("add_one") == []
+    meta = claim / "add_one" / ".modelrepo"
+    assert not [p for p in meta.iterdir() if p.name.startswith("staging-")]
+    assert not list((meta / "reserved").iterdir())
+    assert repo.push("add_one", source=source).version == 1  # finished: it goes through
 
 
 def test_concurrent_pushes_get_distinct_complete_versions(

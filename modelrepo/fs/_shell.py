@@ -5,7 +5,7 @@ pasted into the script text), so a name with quotes, ``$(...)``, spaces or newli
 data. Scripts signal the condition a caller must map to a Python exception through their
 exit code (the errno value: 2 ENOENT, 17 EEXIST, 20 ENOTDIR, 21 EISDIR, 13 EACCES), 86 for
 "leads outside the claim" and 74 for "checksum mismatch". Only busybox applets are used:
-sh, stat, find, dd, md5sum (:data:`CHECKSUM`), sha256sum, mv, cp, ln, rm, mkdir, rmdir,
+sh, stat, find, dd, sha256sum (:data:`CHECKSUM`), mv, cp, ln, rm, mkdir, rmdir,
 realpath, tar, cat, truncate.
 """
 
@@ -150,17 +150,17 @@ def parse_entries(out: bytes) -> list[Entry]:
 
 #: The checksum that verifies every byte a transfer moves, named here and nowhere else: the
 #: busybox applet ``<CHECKSUM>sum`` in the helper pod, ``hashlib.new(CHECKSUM)`` on this side.
-#: It guards against truncated or damaged transfers, not against an adversary (manifests and
-#: dedup keep sha256, computed from the source), like rsync's whole-file check. md5 because
-#: the pod's hashing sets the pace of a verified transfer: busybox ``md5sum`` costs about
-#: 1.9 CPU s/GiB where Debian's busybox ``sha256sum`` (no SHA-NI) costs 4.6 (benchmarks.md).
-CHECKSUM = "md5"
+#: sha256, the same digest as the manifests', so a push's known digests verify its transfer.
+#: The pod's hashing sets the pace of a verified transfer where busybox lacks SHA-NI
+#: (Debian's 1.35: 4.6 CPU s/GiB); ``"md5"`` here (1.9) was measured faster on such pods
+#: (benchmarks.md) and works unchanged, but sha256 is what issue 3 specifies and what
+#: upstream busybox >= 1.36 accelerates.
+CHECKSUM = "sha256"
 SUM = f"{CHECKSUM}sum"
 
 
 def new_checksum() -> Any:
-    """A fresh hashlib object of :data:`CHECKSUM` (an integrity check, so FIPS builds allow
-    md5 too)."""
+    """A fresh hashlib object of :data:`CHECKSUM` (an integrity check: FIPS builds allow any)."""
     return hashlib.new(CHECKSUM, usedforsecurity=False)
 
 

@@ -3,8 +3,8 @@
 Large files move in chunks (``chunk_size``, default 64 MiB) over ``streams`` parallel exec
 sessions shared by all the files of a call. Each chunk is written at its offset of a hidden
 part file next to the target; a chunk whose stream drops is sent again at once. Then the
-file is verified by the transfer checksum (:data:`_shell.CHECKSUM`, md5) on both sides: the
-helper pod hashes it in a few ranges in parallel (:func:`hash_ranges`; busybox ``md5sum``
+file is verified by the transfer checksum (:data:`_shell.CHECKSUM`, sha256) on both sides: the
+helper pod hashes it in a few ranges in parallel (:func:`hash_ranges`; busybox ``sha256sum``
 reads 4 KiB at a time, so the last range is read straight from the file and only the others
 go through a pipe, which costs about a third more CPU), and a local thread hashes the same
 ranges of the source while the chunks go out. A range whose digests differ is checked chunk
@@ -179,7 +179,7 @@ def hash_ranges(size: int, chunk: int, parts: int = 2) -> list[tuple[int, int]]:
     """How the helper pod verifies a file: (offset, length) ranges hashed in parallel.
 
     The last range is hashed straight from the file (see :data:`_shell.HASH_RANGE`), the
-    other through a pipe, which costs busybox ``md5sum`` about a third more CPU: it gets
+    other through a pipe, which costs busybox ``sha256sum`` about a third more CPU: it gets
     the smaller share (40%, whole chunks). A file of one chunk, or ``parts=1``, is one range.
     """
     chunks = -(-size // chunk)
@@ -476,7 +476,7 @@ def download_many(
     helper pod hashes each whole file straight from the claim (two files at a time) and a
     local thread hashes the chunks in order as they land. One hash per file, not a range
     each: it runs while the bytes travel, and a range through a pipe costs busybox
-    ``md5sum`` a third more CPU (see :func:`hash_ranges`). A file whose digests differ
+    ``sha256sum`` a third more CPU (see :func:`hash_ranges`). A file whose digests differ
     is checked chunk by chunk and only its bad chunks are fetched again. A file appears
     under its name only once verified.
     """

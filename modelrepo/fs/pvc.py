@@ -773,14 +773,14 @@ class PVCFileSystem(AbstractFileSystem):
 
         Local folders become remote folders; parents are created. Files that fit in one
         chunk (up to ``chunk_size`` or ``small_file_limit``, whichever is larger) travel in
-        tar batches, are hashed in the pod in the same exec (``md5sum`` reading the
+        tar batches, are hashed in the pod in the same exec (``sha256sum`` reading the
         unpacked files: cheaper than hashing a chunk through a pipe) and, with
         ``atomic=True``, are staged and renamed into place (a reader never sees a partial
         file); ``atomic=False`` unpacks them in place (for a caller that stages the whole
         tree itself, like ModelRepo). Bigger files go in verified, resumable chunks, all
         files' chunks sharing the ``streams`` parallel sessions.
         Every byte is verified on both sides by the transfer checksum
-        (:data:`modelrepo.fs.CHECKSUM`, md5: it guards against damage, not an adversary).
+        (:data:`modelrepo.fs.CHECKSUM`, sha256).
         ``stats.checksums`` maps each batched file's path to its checksum (chunked files are
         verified by ranges; their whole-file checksum is not computed). ``callback`` (an
         fsspec Callback) gets ``set_size(total bytes)`` and ``relative_update(n)`` as bytes
