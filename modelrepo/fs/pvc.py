@@ -395,8 +395,8 @@ class PVCFileSystem(AbstractFileSystem):
     def sha256(self, paths: str | Iterable[str]) -> dict[str, str]:
         """sha256 hex digests of many files, computed in the helper pod in ONE exec.
 
-        For content addresses (what a manifest records); transfers verify themselves with
-        the cheaper :data:`modelrepo.fs.CHECKSUM`.
+        For content addresses (what a manifest records), whatever transfers verify with
+        (:data:`modelrepo.fs.CHECKSUM`).
         """
         names = (
             [self._strip_protocol(paths)]
