@@ -44,6 +44,7 @@ from bench_transfer import (
     fs_default,
     make_file,
     own_cpu,
+    run_and_report,
     tree_digest,
     write_docs,
 )
@@ -258,16 +259,8 @@ def main() -> None:
     )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    bench = Bench(args)
-    try:
-        bench.run()
-        table = bench.table()
-    finally:
-        bench.close()
-    print(table)
-    if args.write_docs:
-        write_docs(table, BEGIN, END, "Push")
-        print("written to docs/benchmarks.md")
+    write = (lambda table: write_docs(table, BEGIN, END, "Push")) if args.write_docs else None
+    run_and_report(Bench(args), write)
 
 
 if __name__ == "__main__":

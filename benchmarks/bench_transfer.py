@@ -176,6 +176,14 @@ class BenchBase:
         self.pod = self.fs.helper.ensure()
         self.rows: dict[str, list[dict[str, Any]]] = {}
 
+    def run(self) -> None:
+        """All rounds of the benchmark (each subclass's own)."""
+        raise NotImplementedError
+
+    def table(self) -> str:
+        """The Markdown table of the run (each subclass's own)."""
+        raise NotImplementedError
+
     def med(self, key: str, field: str) -> float:
         return statistics.median(r[field] for r in self.rows[key])
 
@@ -466,6 +474,19 @@ def write_docs(table: str, begin: str = BEGIN, end: str = END, heading: str = "T
     DOCS.write_text(text)
 
 
+def run_and_report(bench: BenchBase, write: Callable[[str], None] | None) -> None:
+    """Run a benchmark, always tear its cluster down, print its table (and write the doc)."""
+    try:
+        bench.run()
+        table = bench.table()
+    finally:
+        bench.close()
+    print(table)
+    if write is not None:
+        write(table)
+        print(f"written to {DOCS}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -474,16 +495,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=fs_default("streams"))
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    bench = Bench(args)
-    try:
-        bench.run()
-        table = bench.table()
-    finally:
-        bench.close()
-    print(table)
-    if args.write_docs:
-        write_docs(table)
-        print(f"written to {DOCS}")
+    run_and_report(Bench(args), write_docs if args.write_docs else None)
 
 
 if __name__ == "__main__":
