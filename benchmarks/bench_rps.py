@@ -13,6 +13,9 @@ two tools within each round and taking medians over rounds:
 
 Run: ``python benchmarks/bench_rps.py [--rounds 5] [--duration 3] [--write-docs]``.
 The server is LocalTriton serving the python-backend add-one model with dynamic batching.
+``--device-ms 2 --pin`` gives each batch a 2 ms wait off the CPU (as a GPU model's) and puts
+Triton and the tools on separate cores: the server then sets the pace, which is where the
+tools' latencies can be compared (its table has its own block in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ from modelrepo.testing.models import write_add_one_model
 from modelrepo.triton.rps import measure_rps
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- rps:begin -->", "<!-- rps:end -->"
 MODEL = "add_one"
+
+
+def markers(device_ms: float) -> tuple[str, str]:
+    """Where a run's table goes in docs/benchmarks.md: one block per model kind."""
+    name = "rps-device" if device_ms else "rps"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def server_success(url: str) -> int:
@@ -243,12 +251,13 @@ INTRO = (
 )
 
 
-def write_docs(table: str) -> None:
-    """Replace the table between the RPS markers (the prose around it is kept)."""
-    block = f"{BEGIN}\n{table}{END}"
+def write_docs(table: str, device_ms: float) -> None:
+    """Replace the table between the run's markers (the prose around it is kept)."""
+    begin, end = markers(device_ms)
+    block = f"{begin}\n{table}{end}"
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + f"\n\n## RPS\n\n{INTRO}\n\n{block}\n"
     DOCS.write_text(text)
@@ -260,6 +269,17 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="measured s per step")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument(
+        "--device-ms",
+        type=float,
+        default=0.0,
+        help="each batch also waits this long off the CPU, as on a GPU (0: the zero-work model)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="Triton on core 0, the load generators on the others (as on separate hosts)",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json-out", default=None, help="write raw results here")
     args = parser.parse_args()
@@ -271,8 +291,12 @@ def main() -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"
-        write_add_one_model(repo, MODEL)
+        write_add_one_model(repo, MODEL, device_ms=args.device_ms)
+        if args.pin:  # Triton (and its backend stubs) inherit core 0, the tools get the rest
+            os.sched_setaffinity(0, {0})
         with LocalTriton(repository=repo, load_models=[MODEL]) as triton:
+            if args.pin:
+                os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
             url = triton.url
             measure_rps(url, MODEL, concurrency=(4,), duration=0.6, warmup=0.5)  # warm both
             for rnd in range(args.rounds):
@@ -310,12 +334,19 @@ def main() -> int:
         cpu_model = match.group(1) if match else platform.processor()
     conditions = {
         "date": dt.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} cores ({cpu_model}), shared by Triton and the client",
+        "machine": f"{os.cpu_count()} cores ({cpu_model}), "
+        + (
+            "Triton on core 0, the tools on core 1"
+            if args.pin
+            else "shared by Triton and the tools"
+        ),
         "load average (1 min) before": f"{load_before[0]:.2f}",
         "during (median of pairs)": f"{median([r['load_average'] for r in results]):.2f}",
         "rounds": args.rounds,
         "per step": f"{args.warmup:g} s warm-up + windows of {args.duration / 3:g} s until 3 "
         "agree within 10%",
+        "model": "add-one, FP32[4], dynamic batching"
+        + (f", {args.device_ms:g} ms off-CPU wait per batch" if args.device_ms else ""),
         "Triton": "2.51.0 (nvidia-pytriton 0.7.0), python backend, HTTP",
         "Python": platform.python_version(),
     }
@@ -326,7 +357,7 @@ def main() -> int:
             json.dumps({"rows": rows, "results": results, "conditions": conditions}, indent=2)
         )
     if args.write_docs:
-        write_docs(table)
+        write_docs(table, args.device_ms)
         print(f"wrote {DOCS}")
     return 0
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from modelrepo.fs import PVCFileSystem
 from modelrepo.fs import _shell as sh
+from modelrepo.testing.cluster.sandbox import busybox_path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- transfers:begin -->", "<!-- transfers:end -->"
@@ -451,7 +452,7 @@ def _kubectl_version() -> str:
 
 def _busybox_version() -> str:
     try:
-        out = subprocess.run(["busybox"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([busybox_path()], capture_output=True, text=True, timeout=10).stdout
         match = re.search(r"BusyBox (v[\d.]+)", out)
         return match.group(1) if match else "unknown"
     except OSError:

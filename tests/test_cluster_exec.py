@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from modelrepo.testing.cluster import V4, V5, LocalCluster
+from modelrepo.testing.cluster import V4, V5, LocalCluster, sandbox
 from modelrepo.testing.cluster.kube_exec import open_exec, run_exec
 from modelrepo.testing.cluster.manifests import busybox_pod
 
@@ -139,6 +140,10 @@ def test_sandbox_looks_like_a_busybox_pod(core: client.CoreV1Api) -> None:
     assert " /models " in mounts and "/work" not in mounts
     escape = run_exec(core, "helper", ["sh", "-c", "cd /..; ls"]).stdout.decode().split()
     assert escape == root
+    # the pod runs the busybox LocalCluster chose (setup.sh's 1.37 when present), no other
+    banner = run_exec(core, "helper", ["busybox"]).stdout.decode().splitlines()[0]
+    chosen = subprocess.run([sandbox.busybox_path()], capture_output=True, text=True).stdout
+    assert banner == chosen.splitlines()[0], banner
 
 
 def test_exec_runs_as_the_pods_user_with_fs_group(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -88,6 +89,25 @@ def test_without_root_the_error_says_what_is_needed(monkeypatch: pytest.MonkeyPa
         with pytest.raises(LocalStackError) as err:
             LocalCluster().start()
         assert "root" in str(err.value) and "sandbox=False" in str(err.value)
+    finally:
+        monkeypatch.undo()
+        sandbox.host_tools.cache_clear()
+
+
+def test_the_busybox_is_chosen_env_first_then_the_environments_then_the_systems(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    venv_copy = Path(sys.prefix) / "bin" / "busybox"
+    monkeypatch.setenv(sandbox.BUSYBOX_ENV, str(tmp_path / "missing"))
+    expected = str(venv_copy) if venv_copy.exists() else "/bin/busybox"
+    assert sandbox.busybox_path() == expected  # a missing override falls through
+    monkeypatch.setenv(sandbox.BUSYBOX_ENV, "/bin/ls")
+    assert sandbox.busybox_path() == "/bin/ls"
+    sandbox.host_tools.cache_clear()
+    try:
+        with pytest.raises(LocalStackError) as err:
+            sandbox.host_tools()  # /bin/ls is dynamically linked: not a busybox image root
+        assert "static busybox" in str(err.value) and sandbox.BUSYBOX_ENV in str(err.value)
     finally:
         monkeypatch.undo()
         sandbox.host_tools.cache_clear()

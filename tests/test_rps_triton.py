@@ -80,6 +80,7 @@ def _write_repository(repo: Path) -> None:
     write_add_one_model(repo, "add_one")
     write_add_one_model(repo, "victim")  # unloaded in the middle of a run
     write_add_one_model(repo, "sleeping")  # never loaded
+    write_add_one_model(repo, "device", device_ms=20)  # a GPU-like model: off-CPU wait
     write_identity_model(
         repo,
         "identity",
@@ -98,7 +99,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
     repo = tmp_path_factory.mktemp("rps") / "models"
     _write_repository(repo)
     with LocalTriton(
-        repository=repo, load_models=["add_one", "victim", "identity", "raiser", "sleeper"]
+        repository=repo,
+        load_models=["add_one", "victim", "identity", "raiser", "sleeper", "device"],
     ) as server:
         yield server
 
@@ -161,6 +163,17 @@ def test_sweep_counts_agree_with_the_server(triton: LocalTriton) -> None:
     step = report.to_dict()["steps"][1]
     assert step["concurrency"] == 4 and step["server"]["success"] > 0
     assert report.best().rps == max(s.rps for s in report.steps)
+
+
+def test_device_time_sets_the_latency_and_dynamic_batching_the_throughput(
+    triton: LocalTriton,
+) -> None:
+    one, eight = measure_rps(triton.url, "device", concurrency=(1, 8), **QUICK).steps
+    assert one.errors == eight.errors == 0
+    assert one.p50_ms >= 20 and one.server["avg_compute_ms"] >= 20
+    assert one.server["avg_batch_size"] == pytest.approx(1.0)
+    # requests that queue behind a 20 ms batch are executed together
+    assert eight.server["avg_batch_size"] > 2 and eight.rps > 2.5 * one.rps
 
 
 @pytest.mark.slow

@@ -53,12 +53,18 @@ class TensorSpec:
 _ADD_ONE_PY = '''\
 """OUTPUT0 = INPUT0 + 1 for the whole (dynamically batched) request list at once."""
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+DEVICE_SECONDS = {device_seconds!r}  # time an accelerator would take per batch
 
 
 class TritonPythonModel:
     def execute(self, requests):
+        if DEVICE_SECONDS:
+            time.sleep(DEVICE_SECONDS)
         arrays = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
         if len(arrays) == 1:
             outputs = [arrays[0] + arrays[0].dtype.type(1)]
@@ -154,14 +160,19 @@ def write_add_one_model(
     dtype: str = "TYPE_FP32",
     max_batch_size: int = 64,
     dynamic_batching: bool = True,
+    device_ms: float = 0.0,
 ) -> Path:
-    """A model answering ``OUTPUT0 = INPUT0 + 1``; cheap per request, made for RPS runs."""
+    """A model answering ``OUTPUT0 = INPUT0 + 1``; cheap per request, made for RPS runs.
+
+    ``device_ms``: each batch also waits this long, without using the CPU, as a model whose
+    work runs on a GPU does; dynamic batching then shows in the throughput.
+    """
     dims = tuple(dims)
     return _write_model(
         repo_dir,
         name,
         version=version,
-        model_py=_ADD_ONE_PY,
+        model_py=_ADD_ONE_PY.format(device_seconds=device_ms / 1000),
         inputs=[TensorSpec("INPUT0", dtype, dims)],
         outputs=[TensorSpec("OUTPUT0", dtype, dims)],
         max_batch_size=max_batch_size,

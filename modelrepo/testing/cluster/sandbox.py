@@ -186,6 +186,22 @@ class HostTools:
     applets: tuple[str, ...]
 
 
+BUSYBOX_ENV = "MODELREPO_BUSYBOX"
+
+
+def busybox_path() -> str:
+    """The static busybox that plays the ``busybox`` image: ``$MODELREPO_BUSYBOX``, else the
+    one ``scripts/setup.sh`` put in this Python environment, else the system's.
+
+    The environment's copy exists because the system's may be older than the image users
+    run: Debian 12's busybox 1.35 has no SHA-NI path and hashes sha256 six times slower than
+    the 1.37 of ``busybox:latest``, which would make the emulator's pods unlike real ones.
+    """
+    candidates = (os.environ.get(BUSYBOX_ENV, ""), os.path.join(sys.prefix, "bin", "busybox"))
+    candidates += ("/bin/busybox", "/usr/bin/busybox")
+    return next((path for path in candidates if path and os.path.exists(path)), "")
+
+
 @functools.lru_cache(maxsize=1)
 def host_tools() -> HostTools:
     """Find (once) and check what sandboxes need; raise LocalStackError saying what to do."""
@@ -205,12 +221,13 @@ def host_tools() -> HostTools:
                 f"`{name}` is not installed; LocalCluster needs it for pod sandboxes.",
                 hint="apt-get install util-linux",
             )
-    busybox = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), "")
+    busybox = busybox_path()
     if not busybox or not _is_static_elf(busybox):
         raise LocalStackError(
             "A static busybox is needed for pod sandboxes (the busybox image's root "
             f"filesystem); {'found a dynamically linked ' + busybox if busybox else 'none found'}.",
-            hint="apt-get install busybox-static",
+            hint="run scripts/setup.sh (it installs the `busybox` image's version into the "
+            f"environment), apt-get install busybox-static, or set {BUSYBOX_ENV}",
         )
     listing = subprocess.run(
         [busybox, "--list"], capture_output=True, text=True, check=True, timeout=10
