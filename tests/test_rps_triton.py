@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -331,6 +332,28 @@ def test_works_inside_a_running_event_loop(triton: LocalTriton) -> None:
         return report.steps[0].requests
 
     assert asyncio.run(cell()) > 0
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["uvloop", "asyncio"])
+def test_the_load_runs_on_uvloop_when_installed_else_on_asyncio(
+    triton: LocalTriton, monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    import asyncio
+
+    if not installed:
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now fails
+    loops: set[str] = set()
+
+    def validate(outputs: dict) -> bool:  # runs on the load's own loop
+        loops.add(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        return bool(np.all(outputs["OUTPUT0"] == 1.0))
+
+    zeros = {"INPUT0": np.zeros(4, np.float32)}
+    step = measure_rps(
+        triton.url, "add_one", concurrency=2, inputs=zeros, validate=validate, **QUICK
+    ).steps[0]
+    assert step.errors == 0 and step.requests > 0
+    assert loops == {"uvloop" if installed else "asyncio"}
 
 
 @pytest.mark.slow
