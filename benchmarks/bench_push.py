@@ -29,7 +29,6 @@ import datetime as dt
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -130,14 +129,6 @@ class Bench(BenchBase):
             flush=True,
         )
         return out
-
-    def kubectl(self, *argv: str) -> None:
-        subprocess.run(
-            ["kubectl", "--kubeconfig", self.cluster.kubeconfig, *argv],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
 
     def run(self) -> None:
         args = self.args

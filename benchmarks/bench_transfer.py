@@ -185,6 +185,15 @@ class BenchBase:
         """The Markdown table of the run (each subclass's own)."""
         raise NotImplementedError
 
+    def kubectl(self, *argv: str) -> None:
+        """The reference tool, against the same cluster."""
+        subprocess.run(
+            ["kubectl", "--kubeconfig", self.cluster.kubeconfig, *argv],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+
     def med(self, key: str, field: str) -> float:
         return statistics.median(r[field] for r in self.rows[key])
 
@@ -199,14 +208,6 @@ class BenchBase:
 class Bench(BenchBase):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args, "bench-transfer-")
-
-    def kubectl(self, *argv: str) -> None:
-        subprocess.run(
-            ["kubectl", "--kubeconfig", self.cluster.kubeconfig, *argv],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
 
     def timed(self, key: str, nbytes: int, fn: Callable[[], Any]) -> Any:
         c0, (a0, p0), t0 = own_cpu(), self.cluster.cpu_split(), time.perf_counter()

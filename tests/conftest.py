@@ -2,8 +2,9 @@
 
 A module shapes its cluster with constants: ``CLAIM`` (the PVC, default ``"models"``),
 ``TRITON_REPLICAS`` (a Triton Deployment named ``triton`` reading the claim; default 0,
-none) and ``HELPER_POD`` (a busybox pod of that name mounting the claim; default none).
-A module that needs something else defines its own ``cluster`` fixture.
+none), ``HELPER_POD`` (a busybox pod of that name mounting the claim; default none) and
+``FS_OPTIONS`` (keyword arguments of the module's ``fs``, a PVCFileSystem on the claim).
+A module that needs something else defines its own ``cluster`` or ``fs`` fixture.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from modelrepo import ModelRepo
+from modelrepo.fs import PVCFileSystem
 from modelrepo.testing import LocalCluster
 
 
@@ -47,6 +49,19 @@ def claim_dir(request: pytest.FixtureRequest, cluster: LocalCluster) -> Path:
     path = cluster.pvc_path(_claim(request))
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="module")
+def fs(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator[PVCFileSystem]:
+    """A PVCFileSystem of its own (no fsspec instance sharing) on the module's claim."""
+    fs = PVCFileSystem(
+        _claim(request),
+        kubeconfig=str(cluster.kubeconfig),
+        skip_instance_cache=True,
+        **getattr(request.module, "FS_OPTIONS", {}),
+    )
+    yield fs
+    fs.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -24,20 +23,8 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 
 
-# The cluster (claim "models") and claim_dir fixtures: tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def fs(cluster: LocalCluster) -> Iterator[PVCFileSystem]:
-    fs = PVCFileSystem(
-        "models",
-        kubeconfig=str(cluster.kubeconfig),
-        chunk_size=4 * MiB,
-        small_file_limit=1 * MiB,
-        skip_instance_cache=True,
-    )
-    yield fs
-    fs.close()
+# The cluster (claim "models"), claim_dir and fs fixtures: tests/conftest.py
+FS_OPTIONS = {"chunk_size": 4 * MiB, "small_file_limit": 1 * MiB}
 
 
 def sessions(fs: PVCFileSystem) -> int:

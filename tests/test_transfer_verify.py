@@ -15,28 +15,14 @@ from modelrepo.fs import PVCFileSystem
 from modelrepo.fs import _shell as sh
 from modelrepo.fs import _transfer as tx
 from modelrepo.hashing import HashCache
-from modelrepo.testing import LocalCluster
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 
 
-# The cluster (claim "models") and claim_dir fixtures: tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def fs(cluster: LocalCluster) -> Iterator[PVCFileSystem]:
-    fs = PVCFileSystem(
-        "models",
-        kubeconfig=str(cluster.kubeconfig),
-        chunk_size=MiB,
-        small_file_limit=256 * 1024,
-        streams=3,
-        skip_instance_cache=True,
-    )
-    yield fs
-    fs.close()
+# The cluster (claim "models"), claim_dir and fs fixtures: tests/conftest.py
+FS_OPTIONS = {"chunk_size": MiB, "small_file_limit": 256 * 1024, "streams": 3}
 
 
 def sessions(fs: PVCFileSystem) -> int:
