@@ -12,10 +12,12 @@ two tools within each round and taking medians over rounds:
 - measure_rps's reported rps against Triton's success count over the same windows (within 2%).
 
 Run: ``python benchmarks/bench_rps.py [--rounds 5] [--duration 3] [--write-docs]``.
-The server is LocalTriton serving the python-backend add-one model with dynamic batching.
-``--device-ms 2 --pin`` gives each batch a 2 ms wait off the CPU (as a GPU model's) and puts
-Triton and the tools on separate cores: the server then sets the pace, which is where the
-tools' latencies can be compared (its table has its own block in docs/benchmarks.md).
+The server is LocalTriton serving the python-backend add-one model with dynamic batching; each
+batch waits 2 ms off the CPU (``--device-ms``), as a GPU model holds a batch, so the server and
+not the load generator sets the pace. Two more configurations have their own tables in
+docs/benchmarks.md: ``--pin`` (Triton on core 0, the tools on the others, as when the load
+generator runs on another host) and ``--device-ms 0`` (a model that does no work: what is left
+to measure is mostly the clients themselves).
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MODEL = "add_one"
 
 
-def markers(device_ms: float) -> tuple[str, str]:
-    """Where a run's table goes in docs/benchmarks.md: one block per model kind."""
-    name = "rps-device" if device_ms else "rps"
+def markers(device_ms: float, pin: bool) -> tuple[str, str]:
+    """Where a run's table goes in docs/benchmarks.md: one block per configuration."""
+    name = "rps" + ("" if device_ms else "-zero-work") + ("-pinned" if pin else "")
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
@@ -251,13 +253,16 @@ INTRO = (
 )
 
 
-def write_docs(table: str, device_ms: float) -> None:
+def write_docs(table: str, device_ms: float, pin: bool) -> None:
     """Replace the table between the run's markers (the prose around it is kept)."""
-    begin, end = markers(device_ms)
+    begin, end = markers(device_ms, pin)
     block = f"{begin}\n{table}{end}"
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    elif "## RPS\n" in text:  # a configuration without a table yet: its own subsection
+        command = " ".join(["python benchmarks/bench_rps.py", *sys.argv[1:]])
+        text = text.rstrip("\n") + f"\n\n### `{command}`\n\n{block}\n"
     else:
         text = text.rstrip("\n") + f"\n\n## RPS\n\n{INTRO}\n\n{block}\n"
     DOCS.write_text(text)
@@ -272,8 +277,8 @@ def main() -> int:
     parser.add_argument(
         "--device-ms",
         type=float,
-        default=0.0,
-        help="each batch also waits this long off the CPU, as on a GPU (0: the zero-work model)",
+        default=2.0,
+        help="each batch also waits this long off the CPU, as on a GPU (0: a zero-work model)",
     )
     parser.add_argument(
         "--pin",
@@ -357,7 +362,7 @@ def main() -> int:
             json.dumps({"rows": rows, "results": results, "conditions": conditions}, indent=2)
         )
     if args.write_docs:
-        write_docs(table, args.device_ms)
+        write_docs(table, args.device_ms, args.pin)
         print(f"wrote {DOCS}")
     return 0
 
