@@ -225,8 +225,8 @@ def _cmd_rps(args: argparse.Namespace) -> int:
     from modelrepo.triton.rps.cli import run_rps_command
 
     if any(":" not in target for target in args.url):
-        # A Service name: measure every pod behind it, as repo.measure_rps does.
-        from modelrepo.discovery import service_urls
+        # A Service name: every pod behind it, or the Service's own address (--replicas).
+        from modelrepo.discovery import service_address, service_urls
         from modelrepo.transport.api import connect
 
         api = connect(args.kubeconfig, args.context, args.namespace)
@@ -234,7 +234,13 @@ def _cmd_rps(args: argparse.Namespace) -> int:
             args.url = [
                 url
                 for target in args.url
-                for url in ([target] if ":" in target else service_urls(target, api))
+                for url in (
+                    [target]
+                    if ":" in target
+                    else [service_address(target, api)]
+                    if args.replicas == "service"
+                    else service_urls(target, api)
+                )
             ]
         finally:
             api.close()
@@ -392,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rps_arguments(p)
     cluster = p.add_argument_group("finding the pods of a Triton Service (--triton NAME)")
+    cluster.add_argument(
+        "--replicas",
+        choices=("all", "service"),
+        default="all",
+        help="all: every pod behind the Service, round-robin (default); service: through the "
+        "Service's cluster DNS name, as its clients",
+    )
     cluster.add_argument("-n", "--namespace", help="namespace (default: the context's)")
     cluster.add_argument("--kubeconfig", help="kubeconfig file")
     cluster.add_argument("--context", help="kubeconfig context")

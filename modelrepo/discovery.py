@@ -2,7 +2,8 @@
 
 Loading a model through a Service reaches one pod at random; each Triton replica keeps its
 own model state, so modelrepo addresses the pods themselves: the Service's Endpoints (or,
-without a Service, the pods labelled ``app=<name>``).
+without a Service, the pods labelled ``app=<name>``). Measuring what clients of the Service
+see is the exception: :func:`service_address` gives its cluster DNS name.
 """
 
 from __future__ import annotations
@@ -59,3 +60,21 @@ def service_urls(service: str, api: KubeAPI) -> list[str]:
             "or pass triton= the replica URLs directly",
         )
     return sorted(urls)
+
+
+def service_address(service: str, api: KubeAPI) -> str:
+    """``<service>.<namespace>.svc:<port>``: the Service's own address, load-balanced by the
+    cluster over its ready pods (resolvable from inside the cluster, as pod IPs are)."""
+    ns = api.namespace
+    try:
+        svc = api.call(
+            api.core.read_namespaced_service, service, ns, action=f"get service {service}"
+        )
+    except ClusterError as exc:
+        raise ClusterError(
+            f"no Service {service!r} in namespace {ns!r} to send the load through",
+            hint="check the name (kubectl get svc), or use replicas='all' to address the "
+            "Triton pods themselves",
+        ) from exc
+    port = _http_port([(p.name, p.port) for p in svc.spec.ports or []])
+    return f"{service}.{ns}.svc:{port}"

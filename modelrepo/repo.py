@@ -788,8 +788,16 @@ class ModelRepo:
             )
 
     # -- Triton ------------------------------------------------------------------------------
-    def triton_urls(self) -> list[str]:
-        """Every Triton replica's HTTP address (pods discovered through the API for a Service)."""
+    def triton_urls(self, replicas: str = "all") -> list[str]:
+        """Triton's HTTP addresses: every replica's (``"all"``: for a Service name, its pods,
+        found through the API), or the one a client of Triton would use (``"service"``: the
+        Service's cluster DNS name, or the first URL given)."""
+        if replicas not in ("all", "service"):
+            raise InputError(
+                f"replicas must be 'all' or 'service', not {replicas!r}",
+                hint="'all' addresses every replica; 'service' sends everything through the "
+                "Service (or the first URL given)",
+            )
         if self.triton is None:
             raise TritonError(
                 "no Triton server given",
@@ -798,10 +806,12 @@ class ModelRepo:
         if isinstance(self.triton, str):
             if "://" in self.triton or ":" in self.triton:
                 return [self.triton]
-            from modelrepo.discovery import service_urls
+            from modelrepo.discovery import service_address, service_urls
 
+            if replicas == "service":
+                return [service_address(self.triton, self._kube())]
             return service_urls(self.triton, self._kube())
-        return list(self.triton)
+        return list(self.triton)[:1] if replicas == "service" else list(self.triton)
 
     def replicas(self) -> TritonReplicas:
         """A client of every Triton replica (a Service name is resolved again on each call)."""
@@ -877,20 +887,15 @@ class ModelRepo:
         replicas: str = "all",
         **options: Any,
     ) -> RPSReport:
-        """Requests per second and latency ``name`` sustains, per concurrency (or rate) step."""
+        """Requests per second and latency ``name`` sustains, per concurrency (or rate) step.
+
+        ``replicas="all"`` spreads the requests round-robin over every replica (each one's
+        capacity counts); ``"service"`` sends them through the Service, as clients would.
+        """
         from modelrepo.triton.rps import measure_rps
 
-        if replicas not in ("all", "service"):
-            raise InputError(
-                f"replicas must be 'all' or 'service', not {replicas!r}",
-                hint="'all' spreads the load over every replica; 'service' uses the first "
-                "address only",
-            )
-        urls = self.triton_urls()
-        if replicas == "service":
-            urls = urls[:1]
         return measure_rps(
-            urls,
+            self.triton_urls(replicas),
             name,
             concurrency=concurrency,
             request_rate=request_rate,

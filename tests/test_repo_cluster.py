@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from modelrepo import ModelRepo
 from modelrepo.cli import main as cli_main
-from modelrepo.errors import ClusterError, LayoutError, ModelRepoError, TritonError
+from modelrepo.errors import ClusterError, InputError, LayoutError, ModelRepoError, TritonError
 from modelrepo.testing import LocalCluster
 from modelrepo.testing.models import write_add_one_model, write_broken_model
 
@@ -67,11 +68,46 @@ def test_triton_given_as_url_list(cluster: LocalCluster, repo: ModelRepo, tmp_pa
     urls = repo.triton_urls()
     assert len(urls) == 2 and len(set(urls)) == 2
     repo.push("by_url", source=model_source(tmp_path, "by_url"))
-    direct = ModelRepo(
+    with ModelRepo(
         pvc=CLAIM, namespace="default", kubeconfig=cluster.kubeconfig, triton=urls, progress=False
-    )
-    assert direct.load("by_url").ok
-    assert direct.status("by_url").ready("by_url", 1)
+    ) as direct:
+        assert direct.load("by_url").ok
+        assert direct.status("by_url").ready("by_url", 1)
+
+
+def _served(url: str, model: str) -> int:
+    """Triton's own count of successful requests for ``model`` on one replica."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=30) as answer:
+        stats = json.load(answer)["model_stats"]
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats)
+
+
+def test_replicas_service_means_the_front_door(
+    cluster: LocalCluster, repo: ModelRepo, tmp_path: Path
+):
+    # a Service name: its cluster DNS name and Service port (the pods listen elsewhere here)
+    assert repo.triton_urls("service") == ["triton.default.svc:8000"]
+    assert all(not url.startswith("triton.") for url in repo.triton_urls())
+    with pytest.raises(InputError, match="replicas must be 'all' or 'service'"):
+        repo.measure_rps("any", replicas="one")
+    common = {"pvc": CLAIM, "namespace": "default", "kubeconfig": cluster.kubeconfig}
+    with (
+        ModelRepo(**common, triton="no-such-svc") as nameless,
+        pytest.raises(ClusterError, match="no Service 'no-such-svc'") as info,
+    ):
+        nameless.triton_urls("service")
+    assert "replicas='all'" in str(info.value)
+    # URLs given: the first one is the front door; the other replica gets no request
+    urls = repo.triton_urls()
+    repo.push("front_door", source=model_source(tmp_path, "front_door"))
+    with ModelRepo(**common, triton=urls, progress=False) as direct:
+        assert direct.load("front_door").ok
+        report = direct.measure_rps(
+            "front_door", replicas="service", concurrency=[2], duration=0.3, warmup=0.1
+        )
+    (step,) = report.steps
+    assert step.requests > 0 and step.errors == 0
+    assert _served(urls[0], "front_door") >= step.requests and _served(urls[1], "front_door") == 0
 
 
 def test_broken_model_surfaces_triton_message_per_replica(repo: ModelRepo, tmp_path: Path):
@@ -141,6 +177,13 @@ def test_cli_push_versions_load_status_json(cluster: LocalCluster, tmp_path: Pat
     # bad input: exit code 2 and a message naming the problem
     assert cli_main(["push", "cli_model", str(tmp_path / "nowhere"), *common]) == 2
     assert "source not found" in capsys.readouterr().err
+
+
+def test_cli_rps_replicas_service_goes_to_the_service_address(cluster: LocalCluster, capsys):
+    common = ["--kubeconfig", str(cluster.kubeconfig), "-n", "default", "--duration", "0.3"]
+    # outside a cluster the Service's DNS name does not resolve: the error names it
+    assert cli_main(["rps", "any", "--triton", "triton", "--replicas", "service", *common]) == 1
+    assert "cannot reach Triton at triton.default.svc:8000" in capsys.readouterr().err
 
 
 def test_demo_command_exits_zero():

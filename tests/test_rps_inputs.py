@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import struct
 
@@ -28,6 +30,7 @@ from modelrepo.triton.rps.inputs import (
     infer_path,
     resolve_shapes,
 )
+from modelrepo.triton.rps.loadgen import JsonClient
 
 
 def signature(*inputs: tuple[str, str, list[int]], max_batch_size: int = 8) -> ModelSignature:
@@ -122,7 +125,7 @@ def test_dynamic_dims_need_shapes_and_the_error_names_the_input() -> None:
     sig = signature(("TOKENS", "INT64", [-1]), ("MASK", "BOOL", [2, -1]))
     with pytest.raises(InputError, match="'TOKENS'") as info:
         generate_inputs(sig)
-    assert "shapes=" in str(info.value)
+    assert "shapes=" in str(info.value) and "--shape" in str(info.value)  # API and CLI forms
     arrays = generate_inputs(sig, batch_size=2, shapes={"TOKENS": [7], "MASK": [2, 5]})
     assert arrays["TOKENS"].shape == (2, 7) and arrays["MASK"].shape == (2, 2, 5)
     with pytest.raises(InputError, match="does not fit"):
@@ -168,6 +171,37 @@ def test_check_inputs_shape_dtype_and_names() -> None:
         check_inputs(signature(("S", "BYTES", [1])), {"S": np.ones(1, np.float32)})
     # errors are ModelRepoErrors and ValueErrors, as callers may catch either
     assert issubclass(InputError, ModelRepoError) and issubclass(InputError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "match"),
+    [
+        ("FP32", ["a", "b"], "values given are strings"),
+        ("FP32", [1.0, None], "mixed objects"),
+        ("INT32", [1.5, 2], r"\[1\.5\] would change"),
+        ("UINT8", [255, 300], r"\[300\] would change"),
+        ("UINT8", [-1], r"\[-1\] would change"),
+        ("BOOL", [0, 2], r"\[2\] would change"),
+        ("FP16", [1.0, 1e6], "would change"),
+        ("BYTES", [b"ok", 7], "BYTES but holds a int"),
+    ],
+)
+def test_list_values_that_would_change_are_refused(datatype: str, values: list, match: str) -> None:
+    sig = signature(("V", datatype, [2]), max_batch_size=0)
+    with pytest.raises(InputError, match=match) as info:
+        check_inputs(sig, {"V": values})
+    assert "'V'" in str(info.value) and info.value.hint
+
+
+def test_list_values_that_convert_exactly_are_accepted() -> None:
+    sig = signature(("I", "INT32", [2]), ("H", "FP16", [2]), ("S", "BYTES", [2]))
+    arrays = check_inputs(sig, {"I": [1.0, -2], "H": [0.5, 1e-3], "S": ["a", b"b"]})
+    assert arrays["I"].dtype == np.int32 and arrays["I"].tolist() == [[1, -2]]
+    assert arrays["H"].dtype == np.float16  # rounding to the dtype's precision is expected
+    assert encode_tensor("BYTES", arrays["S"]) == b"\x01\x00\x00\x00a\x01\x00\x00\x00b"
+    # an int is not a one-element string: bytes(7) would be seven zero bytes
+    with pytest.raises(TypeError, match="str or bytes"):
+        encode_tensor("BYTES", np.array([7], dtype=object))
 
 
 def test_bf16_accepts_float_arrays() -> None:
@@ -226,6 +260,7 @@ def test_parse_url() -> None:
         ({"duration": 0}, "duration"),
         ({"distribution": "uniform"}, "distribution"),
         ({"validate": "strict"}, "validate"),
+        ({"concurrency": [2], "request_rate": [100.0]}, "both given"),
     ],
 )
 def test_bad_arguments_fail_before_contacting_triton(kwargs: dict, match: str) -> None:
@@ -241,3 +276,39 @@ def test_unreachable_server_is_a_triton_error() -> None:
 
 def test_tensor_spec_is_public() -> None:
     assert TensorSpec("X", "FP32", (4,)).shape == (4,)
+
+
+def test_a_stats_answer_cut_by_a_timeout_is_not_read_as_the_next_one() -> None:
+    """The statistics client's connection is dropped when a request times out mid-answer."""
+
+    async def scenario() -> list[object]:
+        served = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal served
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                served += 1
+                number = served
+                if number == 1:
+                    await asyncio.sleep(0.5)  # answers after the client gave up
+                body = json.dumps({"answer_to": number}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client = JsonClient(server.sockets[0].getsockname()[:2], timeout_s=0.2)
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await client.get("/v2/models/m/stats")
+            await asyncio.sleep(0.5)  # the late answer has arrived by now
+            return [await client.get("/v2/models/m/stats") for _ in range(2)]
+        finally:
+            client.close()
+            server.close()
+
+    assert asyncio.run(scenario()) == [{"answer_to": 2}, {"answer_to": 3}]

@@ -20,6 +20,7 @@ from modelrepo.testing import LocalTriton
 from modelrepo.testing.models import write_add_one_model, write_identity_model
 from modelrepo.triton.rps import InputError, RPSProgress, generate_inputs, measure_rps
 from modelrepo.triton.rps.cli import add_rps_arguments, run_rps_command
+from modelrepo.triton.rps.engine import DEFAULT_CONCURRENCY
 from modelrepo.triton.rps.inputs import ModelSignature
 
 # short steps: warm-up 0.2 s, three 0.2 s windows, at most 4 windows
@@ -128,6 +129,7 @@ def test_unloaded_model_says_how_to_load_it(triton: LocalTriton) -> None:
     with pytest.raises(TritonError, match="'sleeping' is not loaded") as info:
         measure_rps(triton.url, "sleeping", **QUICK)
     assert "repo.load('sleeping')" in str(info.value)
+    assert "`modelrepo load sleeping`" in str(info.value)
     assert "/v2/repository/models/sleeping/load" in str(info.value)
     with pytest.raises(TritonError, match="version 7 is not loaded"):
         measure_rps(triton.url, "add_one", version=7, **QUICK)
@@ -164,6 +166,15 @@ def test_sweep_counts_agree_with_the_server(triton: LocalTriton) -> None:
     step = report.to_dict()["steps"][1]
     assert step["concurrency"] == 4 and step["server"]["success"] > 0
     assert report.best().rps == max(s.rps for s in report.steps)
+
+
+def test_concurrency_none_sweeps_the_default_levels(triton: LocalTriton) -> None:
+    quick = {**QUICK, "duration": 0.15, "warmup": 0.0, "max_windows": 3}
+    report = measure_rps(triton.url, "add_one", concurrency=None, **quick)
+    assert [s.concurrency for s in report.steps] == list(DEFAULT_CONCURRENCY)
+    # a rate sweep leaves concurrency at its default (or None): not a conflict
+    rated = measure_rps(triton.url, "add_one", concurrency=None, request_rate=[50.0], **quick)
+    assert [s.request_rate for s in rated.steps] == [50.0]
 
 
 def test_device_time_sets_the_latency_and_dynamic_batching_the_throughput(

@@ -88,7 +88,10 @@ def model_error(endpoint: Endpoint, model: str, version: str | None, answer: Any
     """Why ``model`` cannot be measured on this server, from its repository index."""
     where = endpoint_text(endpoint)
     index = _index(endpoint)
-    load_hint = f"load it first: repo.load({model!r}) (or POST /v2/repository/models/{model}/load)"
+    load_hint = (
+        f"load it first: repo.load({model!r}), `modelrepo load {model}` in a terminal, "
+        f"or POST /v2/repository/models/{model}/load"
+    )
     if index is None:
         return TritonError(
             f"Triton at {where} cannot serve model {model!r}: {_error_text(answer)}",

@@ -371,7 +371,7 @@ def measure_rps(
     urls: str | Sequence[str],
     model: str,
     *,
-    concurrency: int | Sequence[int] = DEFAULT_CONCURRENCY,
+    concurrency: int | Sequence[int] | None = DEFAULT_CONCURRENCY,
     request_rate: float | Sequence[float] | None = None,
     duration: float = 10.0,
     warmup: float = 2.0,
@@ -393,13 +393,14 @@ def measure_rps(
     """Measure the requests per second and latency ``model`` sustains on Triton at ``urls``.
 
     ``urls``: one ``host:port`` (a Service) or several (replicas; requests go round-robin).
-    Closed loop over ``concurrency`` levels (requests kept in flight), or, when
-    ``request_rate`` is given, open loop at those rates (``distribution`` "constant" or
-    "poisson"). Each level: ``warmup`` seconds discarded, then windows of ``window`` seconds
-    (default ``duration / 3``) until the last three agree within ``stability`` (at most
-    ``max_windows``); the last three are reported. Inputs come from the model's metadata
-    (``data`` "random" or "zeros", ``shapes`` for -1 dims, ``batch_size`` when the model
-    batches) unless ``inputs`` gives arrays (a dict, or a list of dicts used in turn).
+    Closed loop over ``concurrency`` levels (requests kept in flight; None: the default
+    levels), or, when ``request_rate`` is given instead, open loop at those rates
+    (``distribution`` "constant" or "poisson"). Each level: ``warmup`` seconds discarded,
+    then windows of ``window`` seconds (default ``duration / 3``) until the last three agree
+    within ``stability`` (at most ``max_windows``); the last three are reported. Inputs come
+    from the model's metadata (``data`` "random" or "zeros", ``shapes`` for -1 dims,
+    ``batch_size`` when the model batches) unless ``inputs`` gives arrays (a dict, or a list of
+    dicts used in turn).
     ``validate`` ("nonempty" or ``outputs -> bool``) checks every answer (costs client CPU).
     Server errors during the run are counted in the report, not raised; Ctrl-C returns the
     finished steps with ``interrupted=True``.
@@ -409,9 +410,18 @@ def measure_rps(
         raise InputError("urls= is empty", hint="pass at least one host:port of Triton")
     endpoints = [parse_url(u) for u in url_list]
     if request_rate is not None:
+        if concurrency is not None and _as_levels(concurrency, "concurrency", int) != list(
+            DEFAULT_CONCURRENCY
+        ):
+            raise InputError(
+                "concurrency= and request_rate= are both given",
+                hint="give concurrency= for a closed loop (requests kept in flight) or "
+                "request_rate= for an open loop (requests sent per second), not both",
+            )
         plan = [("request_rate", float(r)) for r in _as_levels(request_rate, "request_rate", float)]
     else:
-        plan = [("concurrency", float(c)) for c in _as_levels(concurrency, "concurrency", int)]
+        levels = DEFAULT_CONCURRENCY if concurrency is None else concurrency
+        plan = [("concurrency", float(c)) for c in _as_levels(levels, "concurrency", int)]
     _check_number("duration", duration, minimum=0, strict=True)
     _check_number("warmup", warmup, minimum=0, strict=False)
     _check_number("stability", stability, minimum=0, strict=True)

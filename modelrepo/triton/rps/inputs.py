@@ -146,7 +146,8 @@ def resolve_shapes(
                     f"input {spec.name!r} of model {sig.name!r} has a variable shape "
                     f"{list(spec.shape)}",
                     hint=f"pass shapes={{{spec.name!r}: [...]}} with {len(spec.shape)} "
-                    "positive dims (without the batch dimension), or give inputs=",
+                    "positive dims (without the batch dimension), or give inputs= "
+                    f"(`modelrepo rps`: --shape {spec.name}:D1,D2,...)",
                 )
             out[spec.name] = spec.shape
             continue
@@ -227,8 +228,9 @@ def check_inputs(
     """Validate user-given arrays against the model's metadata and return them ready to encode.
 
     Arrays may include the batch dimension or not (then they are repeated to the batch of the
-    others, or ``batch_size`` times). Lists and scalars are converted to the model's dtype; a
-    numpy array of another dtype is an error, not a silent cast.
+    others, or ``batch_size`` times). Lists and scalars are converted to the model's dtype
+    where no value changes (a fraction for an integer input, a number out of range or a string
+    for a number is an error); a numpy array of another dtype is an error, not a silent cast.
     """
     _check_batch(sig, batch_size)
     specs = {s.name: s for s in sig.inputs}
@@ -291,23 +293,58 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
             hint=f"supported: {', '.join(TRITON_DTYPES)}",
         )
     if spec.datatype == "BYTES":
-        arr = np.asarray(value, dtype=object) if not isinstance(value, np.ndarray) else value
-        if arr.dtype.kind not in "OSU":
+        return _as_bytes_array(spec, value)
+    if isinstance(value, np.ndarray):
+        ok = value.dtype == want or (spec.datatype == "BF16" and value.dtype.kind == "f")
+        if not ok:
             raise InputError(
-                f"input {spec.name!r} is BYTES but got a {arr.dtype} array",
-                hint="pass bytes or str values (an object, bytes_ or str_ array)",
+                f"input {spec.name!r} is a {value.dtype} array but model expects {spec.datatype}",
+                hint=f"pass arr.astype(np.{want.name})"
+                + (" (float values, sent as bfloat16)" if spec.datatype == "BF16" else ""),
             )
-        return arr
-    if not isinstance(value, np.ndarray):
-        return np.asarray(value, dtype=want)
-    ok = value.dtype == want or (spec.datatype == "BF16" and value.dtype.kind == "f")
-    if not ok:
+        return value
+    # Lists and scalars are converted, but only where no value changes on the way: a string,
+    # a fraction sent to an integer input or a number out of its range would measure the
+    # model on data the caller did not give.
+    given = np.asarray(value)
+    fix = f"give {spec.datatype} values, or a numpy array of dtype {want.name}"
+    if given.dtype.kind not in "biuf":
+        what = {"U": "strings", "S": "bytes", "O": "mixed objects"}.get(given.dtype.kind)
         raise InputError(
-            f"input {spec.name!r} is a {value.dtype} array but model expects {spec.datatype}",
-            hint=f"pass arr.astype(np.{want.name})"
-            + (" (float values, sent as bfloat16)" if spec.datatype == "BF16" else ""),
+            f"input {spec.name!r} is {spec.datatype} but the values given are "
+            f"{what or given.dtype.name}",
+            hint=fix,
         )
-    return value
+    with np.errstate(all="ignore"):
+        arr = given.astype(want)
+    # floats may round to the input's precision; integers must stay, and no float overflows
+    changed = (
+        given[arr != given] if want.kind in "biu" else given[np.isfinite(given) & np.isinf(arr)]
+    )
+    if changed.size:
+        raise InputError(
+            f"input {spec.name!r} is {spec.datatype}: the values {changed[:3].tolist()} "
+            "would change when converted (fraction or out of range)",
+            hint=fix,
+        )
+    return arr
+
+
+def _as_bytes_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+    if arr.dtype.kind not in "OSU":
+        raise InputError(
+            f"input {spec.name!r} is BYTES but got a {arr.dtype} array",
+            hint="pass bytes or str values (an object, bytes_ or str_ array)",
+        )
+    if arr.dtype.kind == "O":
+        for item in arr.reshape(-1):
+            if not isinstance(item, (str, bytes, bytearray, memoryview)):
+                raise InputError(
+                    f"input {spec.name!r} is BYTES but holds a {type(item).__name__} ({item!r})",
+                    hint="pass bytes or str values, e.g. [str(v) for v in values]",
+                )
+    return arr
 
 
 def encode_tensor(datatype: str, array: np.ndarray) -> bytes:
@@ -315,7 +352,12 @@ def encode_tensor(datatype: str, array: np.ndarray) -> bytes:
     if datatype == "BYTES":
         parts = []
         for item in np.asarray(array, dtype=object).reshape(-1):
-            raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+            if isinstance(item, str):
+                raw = item.encode("utf-8")
+            elif isinstance(item, (bytes, bytearray, memoryview)):
+                raw = bytes(item)
+            else:  # bytes(3) would be three zero bytes, not the value
+                raise TypeError(f"BYTES elements are str or bytes, not {type(item).__name__}")
             parts.append(len(raw).to_bytes(4, "little"))
             parts.append(raw)
         return b"".join(parts)

@@ -479,7 +479,13 @@ class JsonClient:
 
     async def get(self, path: str) -> Any:
         """The decoded JSON of ``GET path``, or raise ``OSError``/``ValueError``."""
-        return await asyncio.wait_for(self._get(path), self.timeout_s)
+        try:
+            return await asyncio.wait_for(self._get(path), self.timeout_s)
+        except BaseException:
+            # A timeout or cancellation can land between the request and the end of its answer:
+            # the rest of that answer would be read as the next request's, so start afresh.
+            self.close()
+            raise
 
     async def _get(self, path: str) -> Any:
         for attempt in (0, 1):  # a kept-alive connection may have been closed by the server
