@@ -157,7 +157,10 @@ def test_sweep_counts_agree_with_the_server(triton: LocalTriton) -> None:
         # the client's count of successes and Triton's over the same windows
         assert abs(s.requests - server["success"]) <= s.concurrency + 0.02 * s.requests
         assert s.infer_per_sec == pytest.approx(2 * s.rps)
-        assert server["infer_per_sec"] == pytest.approx(2 * server["rps"])
+        # Triton counts a request's inferences and its success a moment apart: a request in
+        # flight at a window boundary can be in one count and not yet in the other
+        slack = 2 * s.concurrency / s.duration_s
+        assert server["infer_per_sec"] == pytest.approx(2 * server["rps"], abs=slack)
         assert server["avg_batch_size"] >= 2  # batch 2 per request, maybe merged further
         assert 0 < s.p50_ms <= s.p90_ms <= s.p95_ms <= s.p99_ms <= s.max_ms
         assert s.client_cpu_us_per_request > 0
