@@ -226,7 +226,7 @@ def _cmd_rps(args: argparse.Namespace) -> int:
 
     if any(":" not in target for target in args.url):
         # A Service name: every pod behind it, or the Service's own address (--replicas).
-        from modelrepo.discovery import service_address, service_urls
+        from modelrepo.discovery import triton_addresses
         from modelrepo.transport.api import connect
 
         api = connect(args.kubeconfig, args.context, args.namespace)
@@ -234,13 +234,7 @@ def _cmd_rps(args: argparse.Namespace) -> int:
             args.url = [
                 url
                 for target in args.url
-                for url in (
-                    [target]
-                    if ":" in target
-                    else [service_address(target, api)]
-                    if args.replicas == "service"
-                    else service_urls(target, api)
-                )
+                for url in triton_addresses(target, args.replicas, lambda: api)
             ]
         finally:
             api.close()

@@ -8,6 +8,7 @@ see is the exception: :func:`service_address` gives its cluster DNS name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from modelrepo.errors import ClusterError
@@ -78,3 +79,16 @@ def service_address(service: str, api: KubeAPI) -> str:
         ) from exc
     port = _http_port([(p.name, p.port) for p in svc.spec.ports or []])
     return f"{service}.{ns}.svc:{port}"
+
+
+def triton_addresses(target: str, replicas: str, api: Callable[[], KubeAPI]) -> list[str]:
+    """What ``--triton``/``triton=`` names: a URL (anything with ``:``) as given, or a Service
+    name, as every pod behind it (``"all"``) or its own address (``"service"``).
+
+    ``api`` is called only for a name, so a URL needs no kubeconfig.
+    """
+    if ":" in target:
+        return [target]
+    if replicas == "service":
+        return [service_address(target, api())]
+    return service_urls(target, api())

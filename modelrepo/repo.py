@@ -804,13 +804,9 @@ class ModelRepo:
                 hint="pass triton= a URL, a list of URLs, or the name of the Triton Service",
             )
         if isinstance(self.triton, str):
-            if "://" in self.triton or ":" in self.triton:
-                return [self.triton]
-            from modelrepo.discovery import service_address, service_urls
+            from modelrepo.discovery import triton_addresses
 
-            if replicas == "service":
-                return [service_address(self.triton, self._kube())]
-            return service_urls(self.triton, self._kube())
+            return triton_addresses(self.triton, replicas, self._kube)
         return list(self.triton)[:1] if replicas == "service" else list(self.triton)
 
     def replicas(self) -> TritonReplicas:

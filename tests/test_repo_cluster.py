@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ from modelrepo.cli import main as cli_main
 from modelrepo.errors import ClusterError, InputError, LayoutError, ModelRepoError, TritonError
 from modelrepo.testing import LocalCluster
 from modelrepo.testing.models import write_add_one_model, write_broken_model
+from modelrepo.triton.rps._http import parse_url, request_json
+from modelrepo.triton.rps.report import sum_model_stats
 
 CLAIM = "triton-model-repo"
 TRITON_REPLICAS = 2  # the cluster, claim_dir and repo fixtures: tests/conftest.py
@@ -77,9 +78,9 @@ def test_triton_given_as_url_list(cluster: LocalCluster, repo: ModelRepo, tmp_pa
 
 def _served(url: str, model: str) -> int:
     """Triton's own count of successful requests for ``model`` on one replica."""
-    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=30) as answer:
-        stats = json.load(answer)["model_stats"]
-    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats)
+    status, stats = request_json(parse_url(url), "GET", f"/v2/models/{model}/stats")
+    assert status == 200, stats
+    return sum_model_stats([stats])["success_count"]
 
 
 def test_replicas_service_means_the_front_door(
